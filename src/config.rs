@@ -1,0 +1,310 @@
+//! Typed settings (SPEC section 9): every environment variable is also a command-line flag.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::delivery::RetryPolicy;
+use crate::delivery::guard::Cidr;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tagcast",
+    version,
+    about = "Webhook delivery worker for container registry build events"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Apply pending migrations, then consume events and deliver webhooks until SIGTERM.
+    Run,
+    /// Apply pending migrations and exit.
+    Migrate,
+}
+
+/// Every setting. The value names are the environment variables, so a parse error names the
+/// variable to fix.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    #[arg(
+        long,
+        global = true,
+        env = "TAGCAST_AMQP_URL",
+        value_name = "TAGCAST_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: SecretUrl,
+
+    #[arg(
+        long,
+        global = true,
+        env = "TAGCAST_DATABASE_URL",
+        value_name = "TAGCAST_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: SecretUrl,
+
+    #[arg(
+        long,
+        global = true,
+        env = "TAGCAST_METRICS_ADDR",
+        value_name = "TAGCAST_METRICS_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub metrics_addr: SocketAddr,
+
+    #[arg(
+        long,
+        global = true,
+        env = "TAGCAST_EVENTS_EXCHANGE",
+        value_name = "TAGCAST_EVENTS_EXCHANGE",
+        default_value = "registry.events"
+    )]
+    pub events_exchange: String,
+
+    #[arg(
+        long,
+        global = true,
+        env = "TAGCAST_STATUS_EXCHANGE",
+        value_name = "TAGCAST_STATUS_EXCHANGE",
+        default_value = "tagcast.status"
+    )]
+    pub status_exchange: String,
+
+    #[arg(
+        long,
+        global = true,
+        env = "TAGCAST_QUEUE_PREFIX",
+        value_name = "TAGCAST_QUEUE_PREFIX",
+        default_value = "tagcast"
+    )]
+    pub queue_prefix: String,
+
+    #[arg(long, global = true, env = "TAGCAST_RETRY_INITIAL_DELAY", value_name = "TAGCAST_RETRY_INITIAL_DELAY",
+          default_value = "1s", value_parser = duration)]
+    pub retry_initial_delay: Duration,
+
+    #[arg(long, global = true, env = "TAGCAST_RETRY_MAX_DELAY", value_name = "TAGCAST_RETRY_MAX_DELAY",
+          default_value = "1h", value_parser = duration)]
+    pub retry_max_delay: Duration,
+
+    #[arg(long, global = true, env = "TAGCAST_RETRY_MAX_ATTEMPTS", value_name = "TAGCAST_RETRY_MAX_ATTEMPTS",
+          default_value = "8", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub retry_max_attempts: u32,
+
+    #[arg(long, global = true, env = "TAGCAST_HTTP_CONNECT_TIMEOUT", value_name = "TAGCAST_HTTP_CONNECT_TIMEOUT",
+          default_value = "5s", value_parser = duration)]
+    pub http_connect_timeout: Duration,
+
+    #[arg(long, global = true, env = "TAGCAST_HTTP_TIMEOUT", value_name = "TAGCAST_HTTP_TIMEOUT",
+          default_value = "10s", value_parser = duration)]
+    pub http_timeout: Duration,
+
+    /// Lets deliveries reach loopback, private and link-local addresses (development and tests).
+    #[arg(long, global = true, env = "TAGCAST_ALLOW_PRIVATE_TARGETS", value_name = "TAGCAST_ALLOW_PRIVATE_TARGETS",
+          default_value = "false", action = clap::ArgAction::Set)]
+    pub allow_private_targets: bool,
+
+    /// Networks (comma-separated CIDRs) that deliveries may reach although the address guard
+    /// would refuse them, for operators who need one internal range and no more.
+    #[arg(
+        long,
+        global = true,
+        env = "TAGCAST_ALLOW_TARGETS",
+        value_name = "TAGCAST_ALLOW_TARGETS",
+        value_delimiter = ','
+    )]
+    pub allow_targets: Vec<Cidr>,
+
+    #[arg(long, global = true, env = "TAGCAST_SHUTDOWN_GRACE", value_name = "TAGCAST_SHUTDOWN_GRACE",
+          default_value = "30s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+
+    /// Events handled at once (the events queue's prefetch).
+    #[arg(long, global = true, env = "TAGCAST_EVENT_CONCURRENCY", value_name = "TAGCAST_EVENT_CONCURRENCY",
+          default_value = "64", value_parser = clap::value_parser!(u16).range(1..))]
+    pub event_concurrency: u16,
+
+    /// Webhook requests in flight at once (the delivery queue's prefetch). Each waits at most
+    /// TAGCAST_HTTP_TIMEOUT, so a few hanging receivers cannot take them all.
+    #[arg(long, global = true, env = "TAGCAST_DELIVERY_CONCURRENCY", value_name = "TAGCAST_DELIVERY_CONCURRENCY",
+          default_value = "512", value_parser = clap::value_parser!(u16).range(1..))]
+    pub delivery_concurrency: u16,
+
+    #[arg(
+        long,
+        global = true,
+        env = "TAGCAST_LOG_FORMAT",
+        value_name = "TAGCAST_LOG_FORMAT",
+        default_value = "auto"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    Auto,
+    Pretty,
+    Json,
+}
+
+impl Settings {
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial_delay: self.retry_initial_delay,
+            max_delay: self.retry_max_delay,
+            max_attempts: self.retry_max_attempts,
+        }
+    }
+
+    /// The settings with every default, as `tagcast run` sees them with an empty environment.
+    pub fn defaults() -> Settings {
+        // Parsing no arguments uses the declared defaults, which are valid by construction.
+        Cli::try_parse_from(["tagcast", "run"])
+            .map(|cli| cli.settings)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+/// A connection URL whose password must never reach a log: Debug and Display redact it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(url::Url);
+
+impl SecretUrl {
+    /// The full URL, credentials included, for handing to a client library only.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl FromStr for SecretUrl {
+    type Err = url::ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        url::Url::parse(s).map(SecretUrl)
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.clone();
+        if shown.password().is_some() {
+            // Setting a password fails only for URLs that cannot carry one, which have none.
+            let _ = shown.set_password(Some("REDACTED"));
+        }
+        if shown.query().is_some() {
+            shown.set_query(Some("REDACTED"));
+        }
+        f.write_str(shown.as_str())
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({self})")
+    }
+}
+
+/// A webhook URL for logs: scheme, host, port and path; the query (ACR trigger URLs carry a
+/// secret there), user name and password are never shown.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            if url.query().is_some() {
+                url.set_query(Some("REDACTED"));
+            }
+            url.set_fragment(None);
+            url.to_string()
+        }
+        Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let s = Settings::defaults();
+        assert_eq!(s.amqp_url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(
+            s.database_url.expose(),
+            "postgres://postgres@127.0.0.1:5432/postgres"
+        );
+        assert_eq!(s.metrics_addr.to_string(), "127.0.0.1:9464");
+        assert_eq!(
+            (
+                s.events_exchange.as_str(),
+                s.status_exchange.as_str(),
+                s.queue_prefix.as_str()
+            ),
+            ("registry.events", "tagcast.status", "tagcast")
+        );
+        assert_eq!(
+            s.retry_policy(),
+            RetryPolicy {
+                initial_delay: Duration::from_secs(1),
+                max_delay: Duration::from_secs(3600),
+                max_attempts: 8
+            }
+        );
+        assert_eq!(
+            (s.http_connect_timeout, s.http_timeout),
+            (Duration::from_secs(5), Duration::from_secs(10))
+        );
+        assert!(!s.allow_private_targets);
+        assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_bad_setting_names_its_variable() {
+        let err =
+            Cli::try_parse_from(["tagcast", "run", "--retry-max-delay", "forever"]).unwrap_err();
+        assert!(err.to_string().contains("TAGCAST_RETRY_MAX_DELAY"), "{err}");
+        let err = Cli::try_parse_from(["tagcast", "run", "--retry-max-attempts", "0"]).unwrap_err();
+        assert!(
+            err.to_string().contains("TAGCAST_RETRY_MAX_ATTEMPTS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_are_written_like_500ms_5s_1h() {
+        let cli = Cli::try_parse_from([
+            "tagcast",
+            "run",
+            "--http-timeout",
+            "500ms",
+            "--retry-max-delay",
+            "2h",
+        ])
+        .unwrap();
+        assert_eq!(cli.settings.http_timeout, Duration::from_millis(500));
+        assert_eq!(cli.settings.retry_max_delay, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn urls_are_redacted_when_shown() {
+        let amqp: SecretUrl = "amqp://user:hunter2@broker:5672/%2f".parse().unwrap();
+        assert!(!format!("{amqp} {amqp:?}").contains("hunter2"));
+        assert!(amqp.expose().contains("hunter2"));
+        let shown = redact_url("https://u:p@hooks.example.com/trigger?secret=abc123#frag");
+        assert_eq!(shown, "https://hooks.example.com/trigger?REDACTED");
+    }
+}

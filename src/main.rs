@@ -1,0 +1,67 @@
+//! The `tagcast` binary: parse settings, set up logging, run or migrate.
+
+use std::io::IsTerminal as _;
+
+use clap::Parser as _;
+use tagcast::config::{Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.settings.log_format);
+    match cli.command {
+        Command::Migrate => {
+            let pool = tagcast::store::connect(&cli.settings.database_url, 2)?;
+            tagcast::store::migrate(&pool).await?;
+            tracing::info!("migrations applied");
+        }
+        Command::Run => {
+            let app = tagcast::App::build(cli.settings).await?;
+            tracing::info!(metrics = %app.metrics_addr(), "tagcast started");
+            app.run_until(shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,307 @@
+//! Prometheus metrics (SPEC section 8): one struct of typed handles. Every label value comes from
+//! a closed enum, never from input.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::trigger::TriggerKind;
+
+/// `result` of `tagcast_events_received_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventResult {
+    Accepted,
+    Invalid,
+    Ignored,
+}
+
+/// `outcome` of `tagcast_delivery_attempts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptLabel {
+    Status2xx,
+    Status3xx,
+    Status4xx,
+    Status5xx,
+    Timeout,
+    Connect,
+    Blocked,
+}
+
+/// Which broker queue a dead-lettered or redelivered message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Events,
+    Deliveries,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Events => "events",
+            Stage::Deliveries => "deliveries",
+        }
+    }
+}
+
+/// Buckets for webhook latencies: 1 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Event to delivery also spans retries: up to an hour and more.
+const END_TO_END_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    3600.0, 14_400.0,
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    events_received: IntCounterVec,
+    trigger_evaluations: IntCounterVec,
+    attempts: IntCounterVec,
+    completed: IntCounterVec,
+    pub attempt_duration: Histogram,
+    pub event_to_delivery: Histogram,
+    pub in_flight: IntGauge,
+    pub retries_scheduled: IntCounter,
+    dead_lettered: IntCounterVec,
+    pub broker_connections: IntCounter,
+    pub webhook_cache_reloads: IntCounter,
+    pub database_retries: IntCounter,
+    pub status_publish_failures: IntCounter,
+    up: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let r = &registry;
+        let metrics = Metrics {
+            events_received: counter_vec(
+                r,
+                "tagcast_events_received_total",
+                "Inbound messages, by what they turned out to be.",
+                &["result"],
+            ),
+            trigger_evaluations: counter_vec(
+                r,
+                "tagcast_trigger_evaluations_total",
+                "Trigger rules evaluated, by kind and result.",
+                &["trigger", "result"],
+            ),
+            attempts: counter_vec(
+                r,
+                "tagcast_delivery_attempts_total",
+                "HTTP delivery attempts, by outcome.",
+                &["outcome"],
+            ),
+            completed: counter_vec(
+                r,
+                "tagcast_deliveries_completed_total",
+                "Deliveries that reached a final status.",
+                &["status"],
+            ),
+            attempt_duration: histogram(
+                r,
+                "tagcast_delivery_attempt_duration_seconds",
+                "Duration of one HTTP delivery attempt.",
+                LATENCY_BUCKETS,
+            ),
+            event_to_delivery: histogram(
+                r,
+                "tagcast_event_to_delivery_seconds",
+                "From the event's occurred_at to the webhook's successful response.",
+                END_TO_END_BUCKETS,
+            ),
+            in_flight: gauge(
+                r,
+                "tagcast_deliveries_in_flight",
+                "HTTP delivery attempts in progress.",
+            ),
+            retries_scheduled: counter(
+                r,
+                "tagcast_retries_scheduled_total",
+                "Retries scheduled after a failed attempt.",
+            ),
+            dead_lettered: counter_vec(
+                r,
+                "tagcast_messages_dead_lettered_total",
+                "Messages rejected to a dead-letter queue, by stage.",
+                &["stage"],
+            ),
+            broker_connections: counter(
+                r,
+                "tagcast_broker_connections_total",
+                "Connections opened to RabbitMQ (more than one means reconnections).",
+            ),
+            webhook_cache_reloads: counter(
+                r,
+                "tagcast_webhook_cache_invalidations_total",
+                "Times the webhook configuration cache was dropped after a change.",
+            ),
+            database_retries: counter(
+                r,
+                "tagcast_database_retries_total",
+                "Database operations retried after a transient error.",
+            ),
+            status_publish_failures: counter(
+                r,
+                "tagcast_status_publish_failures_total",
+                "Status events or jobs the broker did not confirm.",
+            ),
+            up: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "tagcast_dependency_up",
+                        "1 while the dependency is reachable.",
+                    ),
+                    &["dependency"],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                register(r, g.clone());
+                g
+            },
+            registry,
+        };
+        let build = IntGaugeVec::new(
+            Opts::new("tagcast_build_info", "The running version of tagcast."),
+            &["version"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        register(&metrics.registry, build);
+        register(
+            &metrics.registry,
+            prometheus::process_collector::ProcessCollector::for_self(),
+        );
+        metrics
+    }
+
+    pub fn event(&self, result: EventResult) {
+        let label = match result {
+            EventResult::Accepted => "accepted",
+            EventResult::Invalid => "invalid",
+            EventResult::Ignored => "ignored",
+        };
+        self.events_received.with_label_values(&[label]).inc();
+    }
+
+    pub fn trigger_evaluated(&self, kind: TriggerKind, fired: bool) {
+        let result = if fired { "triggered" } else { "not_triggered" };
+        self.trigger_evaluations
+            .with_label_values(&[kind.as_str(), result])
+            .inc();
+    }
+
+    pub fn attempt(&self, label: AttemptLabel, seconds: f64) {
+        let outcome = match label {
+            AttemptLabel::Status2xx => "2xx",
+            AttemptLabel::Status3xx => "3xx",
+            AttemptLabel::Status4xx => "4xx",
+            AttemptLabel::Status5xx => "5xx",
+            AttemptLabel::Timeout => "timeout",
+            AttemptLabel::Connect => "connect",
+            AttemptLabel::Blocked => "blocked",
+        };
+        self.attempts.with_label_values(&[outcome]).inc();
+        self.attempt_duration.observe(seconds);
+    }
+
+    pub fn completed(&self, succeeded: bool) {
+        self.completed
+            .with_label_values(&[if succeeded { "succeeded" } else { "failed" }])
+            .inc();
+    }
+
+    pub fn dead_lettered(&self, stage: Stage) {
+        self.dead_lettered
+            .with_label_values(&[stage.as_str()])
+            .inc();
+    }
+
+    pub fn set_up(&self, broker: bool, database: bool) {
+        self.up.with_label_values(&["rabbitmq"]).set(broker.into());
+        self.up
+            .with_label_values(&["postgresql"])
+            .set(database.into());
+    }
+
+    /// The text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec only fails on an invalid metric, which registration rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+// Metric names and help texts are constants above: creating or registering them can only fail
+// on a programming error, caught by every test that builds a Metrics.
+fn register<C: prometheus::core::Collector + 'static>(registry: &Registry, collector: C) {
+    registry
+        .register(Box::new(collector))
+        .unwrap_or_else(|e| panic!("metric registration: {e}"));
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c =
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{name}: {e}"));
+    register(r, c.clone());
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}"));
+    register(r, c.clone());
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}"));
+    register(r, g.clone());
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    register(r, h.clone());
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_required_family_is_exposed() {
+        let m = Metrics::new();
+        // Labelled families appear once a series exists; touch one of each.
+        m.event(EventResult::Accepted);
+        m.trigger_evaluated(TriggerKind::Tags, false);
+        m.attempt(AttemptLabel::Status2xx, 0.01);
+        m.completed(true);
+        let text = m.render();
+        for family in [
+            "tagcast_events_received_total{result=\"accepted\"} 1",
+            "tagcast_trigger_evaluations_total{result=\"not_triggered\",trigger=\"tags\"} 1",
+            "tagcast_delivery_attempts_total{outcome=\"2xx\"} 1",
+            "tagcast_deliveries_completed_total{status=\"succeeded\"} 1",
+            "tagcast_delivery_attempt_duration_seconds_bucket",
+            "tagcast_event_to_delivery_seconds_bucket",
+            "tagcast_deliveries_in_flight 0",
+            "tagcast_retries_scheduled_total 0",
+            "tagcast_build_info{version=",
+            "process_resident_memory_bytes",
+        ] {
+            assert!(text.contains(family), "missing {family} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! All SQL: the migrations, webhook configuration with its live cache, and access records.
+
+pub mod deliveries;
+mod webhooks;
+
+use std::time::Duration;
+
+pub use deliveries::{
+    Claim, ClaimedDelivery, Decision, DeliveryRecord, DeliveryStatus, NewAttempt,
+};
+pub use webhooks::{Webhook, WebhookCache};
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SecretUrl;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./sql");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stopped while waiting for the database")]
+    Cancelled,
+}
+
+impl StoreError {
+    /// Errors that go away when the database comes back: the operation is worth repeating.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Sqlx(e) => is_transient(e),
+            StoreError::Migrate(_) | StoreError::Cancelled => false,
+        }
+    }
+}
+
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception, 40: rollback (serialization, deadlock), 53: insufficient
+            // resources, 57P: operator intervention (admin shutdown, crash recovery).
+            code.starts_with("08")
+                || code.starts_with("40")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+        }),
+        _ => false,
+    }
+}
+
+/// Opens the pool. Connections are made lazily, so tagcast starts (and reports not ready) even
+/// while PostgreSQL is still coming up.
+pub fn connect(url: &SecretUrl, max_connections: u32) -> Result<PgPool, StoreError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(url.expose())?)
+}
+
+/// Applies pending migrations from `sql/`. sqlx holds an advisory lock meanwhile, so replicas
+/// starting together apply them once.
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Runs `op` until it succeeds, repeating it with backoff while the error is transient: during a
+/// database outage the work waits here, unacknowledged, instead of cycling through the broker.
+/// Gives up with `Cancelled` on shutdown.
+pub async fn with_retries<T, F, Fut>(
+    cancel: &CancellationToken,
+    on_retry: impl Fn(&StoreError),
+    mut op: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() => {
+                on_retry(&e);
+                tokio::select! {
+                    () = cancel.cancelled() => return Err(StoreError::Cancelled),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
