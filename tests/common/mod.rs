@@ -1,0 +1,428 @@
+//! Test harness: each test gets its own database, queue prefix and exchanges on the real
+//! PostgreSQL and RabbitMQ, a running tagcast, and helpers to act and observe.
+//! Set TEST_LOG=debug (or any filter) to see tagcast's logs.
+#![allow(dead_code)]
+
+pub mod receiver;
+
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use serde_json::{Value, json};
+use sqlx::{Connection as _, PgConnection, PgPool};
+use tagcast::Settings;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+static LOGS: Once = Once::new();
+
+fn init_logs() {
+    LOGS.call_once(|| {
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// Settings for a test: unique prefix, exchanges and database, private targets allowed (the
+/// receiver is on loopback), short delays.
+pub fn test_settings() -> Settings {
+    let id = Uuid::new_v4().simple().to_string();
+    let prefix = format!("t{}", &id[..12]);
+    let mut s = Settings::defaults();
+    s.queue_prefix = prefix.clone();
+    s.events_exchange = format!("{prefix}.registry.events");
+    s.status_exchange = format!("{prefix}.status");
+    s.database_url = format!("postgres://postgres@127.0.0.1:5432/tagcast_{prefix}")
+        .parse()
+        .unwrap();
+    s.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    s.allow_private_targets = true;
+    s.retry_initial_delay = Duration::from_millis(200);
+    s.retry_max_delay = Duration::from_secs(2);
+    s.retry_max_attempts = 3;
+    s.http_connect_timeout = Duration::from_secs(1);
+    s.http_timeout = Duration::from_secs(2);
+    s.shutdown_grace = Duration::from_secs(5);
+    s
+}
+
+/// A running tagcast and everything a test needs around it.
+pub struct TestApp {
+    pub settings: Settings,
+    pub pg: PgPool,
+    pub metrics_addr: SocketAddr,
+    amqp: Connection,
+    channel: Channel,
+    status: Consumer,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(test_settings()).await
+    }
+
+    pub async fn spawn_with(settings: Settings) -> TestApp {
+        init_logs();
+        let db = settings
+            .database_url
+            .expose()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let mut admin = PgConnection::connect(PG_ADMIN)
+            .await
+            .expect("PostgreSQL is not running");
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&db)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        if !exists {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+        let amqp = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ is not running");
+        let channel = amqp.create_channel().await.unwrap();
+        // Declared here as tagcast declares them, so the status queue can be bound before
+        // tagcast is up.
+        for exchange in [&settings.events_exchange, &settings.status_exchange] {
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let status_queue = format!("{}.test-status", settings.queue_prefix);
+        channel
+            .queue_declare(
+                status_queue.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                status_queue.as_str().into(),
+                settings.status_exchange.as_str().into(),
+                "delivery.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let status = channel
+            .basic_consume(
+                status_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+
+        let mut app = TestApp {
+            pg: tagcast::store::connect(&settings.database_url, 4).unwrap(),
+            settings,
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            amqp,
+            channel,
+            status,
+            stop: None,
+            task: None,
+        };
+        app.start().await;
+        app
+    }
+
+    /// Starts tagcast (again) on this test's database and queues, and waits until it is ready.
+    pub async fn start(&mut self) {
+        let app = tagcast::App::build(self.settings.clone())
+            .await
+            .expect("tagcast failed to start");
+        self.metrics_addr = app.metrics_addr();
+        let (tx, rx) = oneshot::channel();
+        self.stop = Some(tx);
+        self.task = Some(tokio::spawn(app.run_until(async move {
+            let _ = rx.await;
+        })));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.get("/readyz").await.0 != 200 {
+            assert!(Instant::now() < deadline, "tagcast not ready within 20 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops tagcast as SIGTERM would, and waits for it to exit.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    /// Stops tagcast and removes the test's queues, exchanges and database.
+    pub async fn teardown(mut self) {
+        self.stop().await;
+        let topology = tagcast::amqp::Topology {
+            prefix: self.settings.queue_prefix.clone(),
+            events_exchange: self.settings.events_exchange.clone(),
+            status_exchange: self.settings.status_exchange.clone(),
+        };
+        for queue in topology.queues() {
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [
+            &self.settings.events_exchange,
+            &self.settings.status_exchange,
+        ] {
+            let _ = self
+                .channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = self.amqp.close(200, "bye".into()).await;
+        self.pg.close().await;
+        let db = self
+            .settings
+            .database_url
+            .expose()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let mut admin = PgConnection::connect(PG_ADMIN).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+
+    /// Inserts a webhook for `namespace/repoTest` and returns its id.
+    pub async fn insert_webhook(&self, name: &str, url: &str, trigger: Trigger<'_>) -> i64 {
+        self.insert_webhook_for("namespace", "repoTest", name, url, trigger, None)
+            .await
+    }
+
+    pub async fn insert_webhook_for(
+        &self,
+        namespace: &str,
+        repository: &str,
+        name: &str,
+        url: &str,
+        trigger: Trigger<'_>,
+        secret: Option<&str>,
+    ) -> i64 {
+        let (kind, expression, tags): (&str, Option<&str>, Option<Vec<String>>) = match trigger {
+            Trigger::All => ("all", None, None),
+            Trigger::Expression(e) => ("expression", Some(e), None),
+            Trigger::Tags(t) => (
+                "tags",
+                None,
+                Some(t.iter().map(|s| s.to_string()).collect()),
+            ),
+        };
+        sqlx::query_scalar(
+            "INSERT INTO webhooks (namespace, repository, name, url, trigger_type, trigger_expression, trigger_tags, secret)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(namespace)
+        .bind(repository)
+        .bind(name)
+        .bind(url)
+        .bind(kind)
+        .bind(expression)
+        .bind(tags)
+        .bind(secret)
+        .fetch_one(&self.pg)
+        .await
+        .unwrap()
+    }
+
+    /// Publishes raw bytes to the events exchange, as the registry would.
+    pub async fn publish_raw(&self, body: &[u8]) {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.settings.events_exchange.as_str().into(),
+                "build.completed.namespace.repoTest".into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap();
+        drop(confirm);
+    }
+
+    pub async fn publish_event(&self, event: &Value) {
+        self.publish_raw(&serde_json::to_vec(event).unwrap()).await;
+    }
+
+    /// The next status event, or a panic after `timeout`.
+    pub async fn next_status(&mut self, timeout: Duration) -> Value {
+        let delivery = tokio::time::timeout(timeout, self.status.next())
+            .await
+            .unwrap_or_else(|_| panic!("no status event within {timeout:?}"))
+            .expect("status consumer ended")
+            .unwrap();
+        serde_json::from_slice(&delivery.data).unwrap()
+    }
+
+    /// Status events until `n` have arrived, or a panic after `timeout` in all.
+    pub async fn statuses(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            out.push(self.next_status(left).await);
+        }
+        out
+    }
+
+    /// Asserts that no status event arrives within `window`.
+    pub async fn no_status_within(&mut self, window: Duration) {
+        if let Ok(Some(Ok(d))) = tokio::time::timeout(window, self.status.next()).await {
+            panic!(
+                "unexpected status event: {}",
+                String::from_utf8_lossy(&d.data)
+            );
+        }
+    }
+
+    /// Messages waiting in one of this test's queues (named without the prefix).
+    pub async fn queue_messages(&self, suffix: &str) -> Vec<Vec<u8>> {
+        let queue = format!("{}.{suffix}", self.settings.queue_prefix);
+        let mut out = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            out.push(message.delivery.data);
+        }
+        out
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        match reqwest::get(format!("http://{}{path}", self.metrics_addr)).await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        let (status, text) = self.get("/metrics").await;
+        assert_eq!(status, 200);
+        text
+    }
+
+    /// The value of one series in `/metrics`, 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until `series` reaches at least `value`.
+    pub async fn wait_metric(&self, series: &str, value: f64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.metric(series).await;
+            if now >= value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} is {now}, not {value}, after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Trigger<'a> {
+    All,
+    Expression(&'a str),
+    Tags(&'a [&'a str]),
+}
+
+/// A valid build event for `namespace/repoTest` (the SPEC example) with a fresh id.
+pub fn event(tag: &str) -> Value {
+    event_for("namespace", "repoTest", tag)
+}
+
+pub fn event_for(namespace: &str, repository: &str, tag: &str) -> Value {
+    json!({
+        "event_id": Uuid::new_v4().to_string(),
+        "type": "build.completed",
+        "occurred_at": "2016-11-29T12:25:46+08:00",
+        "repository": {
+            "namespace": namespace,
+            "name": repository,
+            "region": "cn-hangzhou",
+            "date_created": "2016-10-28T21:31:42+08:00",
+            "repo_authentication_type": "NO_CERTIFIED",
+            "repo_origin_type": "NO_CERTIFIED",
+            "repo_type": "PUBLIC"
+        },
+        "image": {
+            "tag": tag,
+            "digest": "sha256:457f4aa83fc9a6663ab9d1b0a6e2dce25a12a943ed5bf2c1747c58d48bbb4917"
+        }
+    })
+}
+
+pub const SECOND: Duration = Duration::from_secs(1);

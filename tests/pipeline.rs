@@ -1,0 +1,471 @@
+//! The core pipeline end to end: events in, webhooks out, records, status events, metrics.
+
+mod common;
+
+use std::time::Duration;
+
+use common::receiver::{Receiver, Reply};
+use common::{SECOND, TestApp, Trigger, event};
+use serde_json::Value;
+use uuid::Uuid;
+
+const SPEC_BODY: &str = concat!(
+    r#"{"push_data":{"digest":"sha256:457f4aa83fc9a6663ab9d1b0a6e2dce25a12a943ed5bf2c1747c58d48bbb4917","#,
+    r#""pushed_at":"2016-11-29 12:25:46","tag":"latest"},"#,
+    r#""repository":{"date_created":"2016-10-28 21:31:42","name":"repoTest","namespace":"namespace","#,
+    r#""region":"cn-hangzhou","repo_authentication_type":"NO_CERTIFIED","repo_full_name":"namespace/repoTest","#,
+    r#""repo_origin_type":"NO_CERTIFIED","repo_type":"PUBLIC"}}"#
+);
+
+fn by_webhook(statuses: &[Value], webhook_id: i64) -> &Value {
+    statuses
+        .iter()
+        .find(|s| s["webhook_id"] == webhook_id)
+        .unwrap_or_else(|| panic!("no status for webhook {webhook_id}: {statuses:?}"))
+}
+
+#[tokio::test]
+async fn each_trigger_type_fires_or_records_not_triggered() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    let all = app
+        .insert_webhook("all", &receiver.url("/all"), Trigger::All)
+        .await;
+    let expr = app
+        .insert_webhook(
+            "expr",
+            &receiver.url("/expr"),
+            Trigger::Expression("release-v.*"),
+        )
+        .await;
+    let tags = app
+        .insert_webhook(
+            "tags",
+            &receiver.url("/tags"),
+            Trigger::Tags(&["latest", "v1"]),
+        )
+        .await;
+
+    // release-v1.2: all and the expression fire, the tag list does not.
+    app.publish_event(&event("release-v1.2")).await;
+    let statuses = app.statuses(3, 10 * SECOND).await;
+    assert_eq!(by_webhook(&statuses, all)["status"], "succeeded");
+    assert_eq!(by_webhook(&statuses, expr)["status"], "succeeded");
+    let not_triggered = by_webhook(&statuses, tags);
+    assert_eq!(not_triggered["status"], "not_triggered");
+    assert_eq!(not_triggered["attempt"], 0);
+    assert!(not_triggered["http_status"].is_null() && not_triggered["duration_ms"].is_null());
+
+    // latest: all and the tag list fire; the expression does not (whole-tag match).
+    app.publish_event(&event("latest")).await;
+    let statuses = app.statuses(3, 10 * SECOND).await;
+    assert_eq!(by_webhook(&statuses, all)["status"], "succeeded");
+    assert_eq!(by_webhook(&statuses, expr)["status"], "not_triggered");
+    assert_eq!(by_webhook(&statuses, tags)["status"], "succeeded");
+
+    // prerelease-v1 and Release-v1: only `all`.
+    for tag in ["prerelease-v1", "Release-v1"] {
+        app.publish_event(&event(tag)).await;
+        let statuses = app.statuses(3, 10 * SECOND).await;
+        assert_eq!(by_webhook(&statuses, all)["status"], "succeeded", "{tag}");
+        assert_eq!(
+            by_webhook(&statuses, expr)["status"],
+            "not_triggered",
+            "{tag}"
+        );
+        assert_eq!(
+            by_webhook(&statuses, tags)["status"],
+            "not_triggered",
+            "{tag}"
+        );
+    }
+
+    let mut paths: Vec<String> = Vec::new();
+    for _ in 0..6 {
+        paths.push(receiver.next(SECOND).await.path_and_query);
+    }
+    paths.sort();
+    assert_eq!(
+        paths,
+        ["/all", "/all", "/all", "/all", "/expr", "/tags"].map(String::from)
+    );
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status")
+            .fetch_all(&app.pg)
+            .await
+            .unwrap();
+    assert_eq!(
+        counts,
+        vec![("not_triggered".into(), 6), ("succeeded".into(), 6)]
+    );
+    let evaluations = app.metrics_text().await;
+    assert!(
+        evaluations.contains(
+            r#"tagcast_trigger_evaluations_total{result="not_triggered",trigger="expression"} 3"#
+        ),
+        "{evaluations}"
+    );
+    assert!(
+        evaluations
+            .contains(r#"tagcast_trigger_evaluations_total{result="triggered",trigger="all"} 4"#)
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn the_notification_is_exact_and_recorded() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let url = receiver.url("/hook?secret=s3cr3t&x=1");
+    let webhook = app
+        .insert_webhook_for(
+            "namespace",
+            "repoTest",
+            "deploy",
+            &url,
+            Trigger::All,
+            Some(secret),
+        )
+        .await;
+    let e = event("latest");
+    app.publish_event(&e).await;
+
+    let request = receiver.next(10 * SECOND).await;
+    assert_eq!(request.method, "POST");
+    assert_eq!(
+        request.path_and_query, "/hook?secret=s3cr3t&x=1",
+        "the query string is kept as is"
+    );
+    assert_eq!(
+        std::str::from_utf8(&request.body).unwrap(),
+        SPEC_BODY,
+        "body byte for byte"
+    );
+    assert_eq!(request.header("content-type"), "application/json");
+    assert_eq!(
+        request.header("user-agent"),
+        format!("tagcast/{}", env!("CARGO_PKG_VERSION"))
+    );
+    let timestamp: i64 = request.header("webhook-timestamp").parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - timestamp).abs() < 30);
+    let mut headers = http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, request.header(name).parse().unwrap());
+    }
+    standardwebhooks::Webhook::new(secret)
+        .unwrap()
+        .verify(&request.body, &headers)
+        .expect("signature verifies");
+
+    let status = app.next_status(10 * SECOND).await;
+    let webhook_id = Uuid::parse_str(request.header("webhook-id")).expect("webhook-id is a UUID");
+    assert_eq!(status["delivery_id"], webhook_id.to_string());
+    assert_eq!(status["event_id"], e["event_id"]);
+    assert_eq!(
+        (
+            status["webhook_id"].as_i64(),
+            status["webhook_name"].as_str()
+        ),
+        (Some(webhook), Some("deploy"))
+    );
+    assert_eq!(
+        (
+            status["namespace"].as_str(),
+            status["repository"].as_str(),
+            status["tag"].as_str()
+        ),
+        (Some("namespace"), Some("repoTest"), Some("latest"))
+    );
+    assert_eq!(status["digest"], e["image"]["digest"]);
+    assert_eq!(
+        (
+            status["status"].as_str(),
+            status["attempt"].as_i64(),
+            status["http_status"].as_i64()
+        ),
+        (Some("succeeded"), Some(1), Some(200))
+    );
+    assert!(
+        status["duration_ms"].is_i64()
+            && status["error"].is_null()
+            && status["next_attempt_at"].is_null()
+    );
+    assert!(status["at"].as_str().unwrap().ends_with('Z'));
+
+    let row: (Uuid, String, i64, String, String, String, String, String, i32, Option<i32>, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT id, event_id, webhook_id, namespace, repository, tag, digest, status, attempts, http_status, error, request_body FROM deliveries",
+    )
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert_eq!(row.0, webhook_id);
+    assert_eq!(
+        (row.1.as_str(), row.2),
+        (e["event_id"].as_str().unwrap(), webhook)
+    );
+    assert_eq!(
+        (row.3.as_str(), row.4.as_str(), row.5.as_str()),
+        ("namespace", "repoTest", "latest")
+    );
+    assert_eq!(
+        (row.7.as_str(), row.8, row.9, row.10.as_deref()),
+        ("succeeded", 1, Some(200), None)
+    );
+    assert_eq!(
+        row.11.as_deref(),
+        Some(SPEC_BODY),
+        "request_body is exactly what was sent"
+    );
+    let attempt: (i32, i32, Option<i32>, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT attempt, duration_ms, http_status, error, response_body FROM delivery_attempts WHERE delivery_id = $1").bind(webhook_id).fetch_one(&app.pg).await.unwrap();
+    assert_eq!(
+        (attempt.0, attempt.2, attempt.3, attempt.4.as_deref()),
+        (1, Some(200), None, Some("thanks"))
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn an_event_delivered_twice_is_recorded_and_sent_once() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    app.insert_webhook("a", &receiver.url("/a"), Trigger::All)
+        .await;
+    app.insert_webhook("b", &receiver.url("/b"), Trigger::Tags(&["other"]))
+        .await;
+    let e = event("latest");
+    app.publish_event(&e).await;
+    let first = app.statuses(2, 10 * SECOND).await;
+    app.publish_event(&e).await;
+    // Status events are at-least-once: the repeat publishes each final status again.
+    let again = app.statuses(2, 10 * SECOND).await;
+    let ids = |s: &[Value]| {
+        let mut v: Vec<String> = s
+            .iter()
+            .map(|x| format!("{}:{}", x["delivery_id"], x["status"]))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&first), ids(&again), "same deliveries, same statuses");
+    assert_eq!(receiver.count(), 1, "nothing that succeeded is sent again");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_attempts")
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn invalid_events_are_dead_lettered_and_the_next_valid_one_is_delivered() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    app.insert_webhook("a", &receiver.url("/a"), Trigger::All)
+        .await;
+    let mut missing_tag = event("latest");
+    missing_tag["image"].as_object_mut().unwrap().remove("tag");
+    let mut bad_tag = event("latest");
+    bad_tag["image"]["tag"] = "-bad".into();
+    app.publish_raw(b"{ not json").await;
+    app.publish_event(&missing_tag).await;
+    app.publish_event(&bad_tag).await;
+    app.publish_raw(&vec![b' '; 70 * 1024]).await;
+    let mut other = event("latest");
+    other["type"] = "build.started".into();
+    app.publish_event(&other).await;
+    app.publish_event(&event("latest")).await;
+
+    let status = app.next_status(10 * SECOND).await;
+    assert_eq!(status["status"], "succeeded");
+    assert_eq!(receiver.count(), 1);
+    app.wait_metric(
+        r#"tagcast_events_received_total{result="invalid"}"#,
+        4.0,
+        5 * SECOND,
+    )
+    .await;
+    assert_eq!(
+        app.metric(r#"tagcast_events_received_total{result="ignored"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric(r#"tagcast_events_received_total{result="accepted"}"#)
+            .await,
+        1.0
+    );
+    let dead = app.queue_messages("events.dead").await;
+    assert_eq!(
+        dead.len(),
+        4,
+        "the four invalid messages wait in the dead-letter queue"
+    );
+    assert_eq!(dead[0], b"{ not json");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn an_unusable_rule_gets_a_failed_record_naming_the_problem() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    let bad = app
+        .insert_webhook(
+            "bad",
+            &receiver.url("/bad"),
+            Trigger::Expression("release-(v"),
+        )
+        .await;
+    let good = app
+        .insert_webhook("good", &receiver.url("/good"), Trigger::All)
+        .await;
+    app.publish_event(&event("latest")).await;
+    let statuses = app.statuses(2, 10 * SECOND).await;
+    let failed = by_webhook(&statuses, bad);
+    assert_eq!(
+        (failed["status"].as_str(), failed["attempt"].as_i64()),
+        (Some("failed"), Some(0))
+    );
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("trigger_expression does not compile"),
+        "{failed}"
+    );
+    assert_eq!(by_webhook(&statuses, good)["status"], "succeeded");
+    assert_eq!(receiver.next(SECOND).await.path_and_query, "/good");
+    assert_eq!(receiver.count(), 1, "no request for the bad row");
+    let error: Option<String> =
+        sqlx::query_scalar("SELECT error FROM deliveries WHERE webhook_id = $1")
+            .bind(bad)
+            .fetch_one(&app.pg)
+            .await
+            .unwrap();
+    assert!(error.unwrap().contains("does not compile"));
+    assert_eq!(
+        app.metric(r#"tagcast_deliveries_completed_total{status="failed"}"#)
+            .await,
+        1.0
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_webhook_inserted_while_running_is_used_a_second_later() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    // Prime the cache with "no webhooks" for the repository.
+    app.publish_event(&event("latest")).await;
+    app.wait_metric(
+        r#"tagcast_events_received_total{result="accepted"}"#,
+        1.0,
+        5 * SECOND,
+    )
+    .await;
+    app.no_status_within(Duration::from_millis(200)).await;
+
+    let id = app
+        .insert_webhook("late", &receiver.url("/late"), Trigger::All)
+        .await;
+    tokio::time::sleep(SECOND).await;
+    app.publish_event(&event("latest")).await;
+    let status = app.next_status(10 * SECOND).await;
+    assert_eq!(
+        (status["webhook_id"].as_i64(), status["status"].as_str()),
+        (Some(id), Some("succeeded"))
+    );
+
+    // And a change of rule too.
+    sqlx::query("UPDATE webhooks SET trigger_type = 'tags', trigger_tags = '{v2}' WHERE id = $1")
+        .bind(id)
+        .execute(&app.pg)
+        .await
+        .unwrap();
+    tokio::time::sleep(SECOND).await;
+    app.publish_event(&event("latest")).await;
+    assert_eq!(
+        app.next_status(10 * SECOND).await["status"],
+        "not_triggered"
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_hanging_webhook_does_not_delay_another() {
+    let mut app = TestApp::spawn().await;
+    let hanging = Receiver::scripted(|_| Reply::status(200).after(Duration::from_secs(60))).await;
+    let fast = Receiver::always(200).await;
+    app.insert_webhook("hanging", &hanging.url("/"), Trigger::All)
+        .await;
+    let fast_id = app
+        .insert_webhook("fast", &fast.url("/"), Trigger::All)
+        .await;
+    for _ in 0..20 {
+        app.publish_event(&event("latest")).await;
+    }
+    // All twenty succeed at the fast receiver before the first hanging request times out (the
+    // HTTP timeout is 2 s in tests), which would show up as a `retrying` status event.
+    let statuses = app.statuses(20, 10 * SECOND).await;
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s["webhook_id"] == fast_id && s["status"] == "succeeded"),
+        "{statuses:?}"
+    );
+    assert_eq!(fast.count(), 20);
+    for _ in 0..20 {
+        hanging.next(SECOND).await; // the hanging receiver holds all twenty at once
+    }
+    let timed_out = app.next_status(10 * SECOND).await;
+    assert_eq!(
+        (timed_out["status"].as_str(), timed_out["error"].as_str()),
+        (Some("retrying"), Some("timeout"))
+    );
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn metrics_and_health_endpoints() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    app.insert_webhook("a", &receiver.url("/a"), Trigger::All)
+        .await;
+    app.publish_event(&event("latest")).await;
+    app.next_status(10 * SECOND).await;
+    assert_eq!(app.get("/healthz").await.0, 200);
+    assert_eq!(app.get("/readyz").await.0, 200);
+    let response = reqwest::get(format!("http://{}/metrics", app.metrics_addr))
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    for line in [
+        r#"tagcast_events_received_total{result="accepted"} 1"#,
+        r#"tagcast_trigger_evaluations_total{result="triggered",trigger="all"} 1"#,
+        r#"tagcast_delivery_attempts_total{outcome="2xx"} 1"#,
+        r#"tagcast_deliveries_completed_total{status="succeeded"} 1"#,
+        "tagcast_delivery_attempt_duration_seconds_count 1",
+        "tagcast_event_to_delivery_seconds_count 1",
+        "tagcast_deliveries_in_flight 0",
+        "tagcast_retries_scheduled_total 0",
+        &format!(
+            r#"tagcast_build_info{{version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        ),
+        "# TYPE process_resident_memory_bytes gauge",
+        "# TYPE tagcast_delivery_attempt_duration_seconds histogram",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    app.teardown().await;
+}
