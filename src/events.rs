@@ -358,7 +358,44 @@ pub(crate) mod tests {
         }
     }
 
+    /// Any JSON value: nested arrays and objects of scalars.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            ".{0,40}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(6, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(".{0,8}", inner, 0..8).prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    const FIELDS: [&str; 11] = [
+        "/event_id", "/type", "/occurred_at", "/repository/namespace", "/repository/name", "/repository/region",
+        "/repository/date_created", "/repository/repo_type", "/image/tag", "/image/digest", "/image",
+    ];
+
     proptest::proptest! {
+        // 20,000 cases each: the figures quoted for "decoding never panics on any bytes".
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+
+        /// Structure-aware: the SPEC example with one field replaced by any JSON value. Valid
+        /// or not, it decodes to a value or a reason, and a wrong type is always a reason.
+        #[test]
+        fn any_value_in_any_field_decodes_or_is_refused(field in 0usize..FIELDS.len(), value in any_json()) {
+            let body = with(FIELDS[field], value.clone());
+            let result = decode(&body);
+            if !value.is_string() && FIELDS[field] != "/image" {
+                proptest::prop_assert!(result.is_err());
+            }
+        }
+
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
             let _ = decode(&bytes);

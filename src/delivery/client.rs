@@ -211,8 +211,10 @@ fn classify_error(e: &reqwest::Error) -> (AttemptOutcome, &'static str) {
         if s.is::<Blocked>() {
             return (AttemptOutcome::Blocked, "blocked_address");
         }
+        // rustls errors reach us wrapped in io::Error, whose source() skips them: their text
+        // is what is left to recognise them by.
         if s.is::<rustls::Error>() || s.to_string().contains("certificate") {
-            return (AttemptOutcome::Connect, "tls");
+            return (AttemptOutcome::Connect, "tls_certificate");
         }
         source = s.source();
     }

@@ -92,13 +92,24 @@ pub struct Decision {
 }
 
 /// A delivery claimed for one attempt, with what the attempt needs.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct ClaimedDelivery {
     #[sqlx(flatten)]
     pub record: DeliveryRecord,
     pub url: String,
     pub secret: Option<String>,
     pub request_body: Option<String>,
+}
+
+// By hand, so that neither the secret nor the URL's query string can reach a log line.
+impl std::fmt::Debug for ClaimedDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimedDelivery")
+            .field("record", &self.record)
+            .field("url", &crate::config::redact_url(&self.url))
+            .field("secret", &self.secret.as_ref().map(|_| "REDACTED"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// The answer to "may I make attempt n of this delivery".

@@ -11,6 +11,7 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use super::StoreError;
+use crate::config::redact_url;
 use crate::metrics::Metrics;
 use crate::payload::{self, SignatureError};
 use crate::trigger::{Trigger, TriggerError};
@@ -22,7 +23,6 @@ const CHANNEL: &str = "tagcast_webhooks";
 const MAX_CACHED_REPOSITORIES: usize = 100_000;
 
 /// An enabled webhook, with its rule compiled once when the row is loaded.
-#[derive(Debug)]
 pub struct Webhook {
     pub id: i64,
     pub name: String,
@@ -32,6 +32,19 @@ pub struct Webhook {
     pub trigger: Result<Trigger, TriggerError>,
     /// A `secret` column that cannot sign; such a webhook gets a `failed` record too.
     pub secret_error: Option<SignatureError>,
+}
+
+// By hand, so that neither the secret nor the URL's query string can reach a log line.
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url))
+            .field("secret", &self.secret.as_ref().map(|_| "REDACTED"))
+            .field("trigger", &self.trigger)
+            .finish()
+    }
 }
 
 type Key = (String, String);
