@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -25,7 +25,7 @@ use crate::amqp::{Publisher, Topology};
 use crate::config::Settings;
 use crate::delivery::{self, ClientSettings, RetryPolicy, WebhookClient, guard::AddressPolicy};
 use crate::http::{self, Health};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, QueueLabel};
 use crate::pipeline;
 use crate::store::{self, StoreError, WebhookCache};
 
@@ -259,10 +259,12 @@ async fn supervise_broker(
                     stop.clone(),
                     delivery::handle_job,
                 );
+                let depths = watch_queues(channels.watch, topology.clone(), ctx.metrics.clone());
                 // Either consumer ending means the connection is gone (or we are stopping).
                 tokio::select! {
                     () = events => {}
                     () = deliveries => {}
+                    () = depths => {}
                 }
                 if stop.is_cancelled() {
                     return Some(connection);
@@ -288,6 +290,7 @@ struct Channels {
     publish: Channel,
     events: Channel,
     deliveries: Channel,
+    watch: Channel,
 }
 
 async fn connect(
@@ -314,14 +317,47 @@ async fn connect(
     deliveries
         .basic_qos(settings.delivery_concurrency, BasicQosOptions::default())
         .await?;
+    let watch = connection.create_channel().await?;
     Ok((
         connection,
         Channels {
             publish,
             events,
             deliveries,
+            watch,
         },
     ))
+}
+
+/// Reports queue depths every few seconds, so an alert can see events waiting with nobody
+/// consuming them. Returns when the channel fails.
+async fn watch_queues(channel: Channel, topology: Arc<Topology>, metrics: Metrics) {
+    let queues = [
+        (QueueLabel::Events, topology.events_queue()),
+        (QueueLabel::EventsDead, topology.events_dead_queue()),
+        (QueueLabel::Deliveries, topology.deliveries_queue()),
+        (QueueLabel::DeliveriesDead, topology.deliveries_dead_queue()),
+    ];
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        for (label, queue) in &queues {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            match channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(q) => metrics.queue_depth(*label, q.message_count()),
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "cannot read queue depth");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Consumes one queue until `stop` fires or the channel dies. Each message gets its own task,

@@ -371,14 +371,24 @@ pub(crate) mod tests {
         leaf.prop_recursive(6, 64, 8, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::from),
-                proptest::collection::btree_map(".{0,8}", inner, 0..8).prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                proptest::collection::btree_map(".{0,8}", inner, 0..8)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
             ]
         })
     }
 
     const FIELDS: [&str; 11] = [
-        "/event_id", "/type", "/occurred_at", "/repository/namespace", "/repository/name", "/repository/region",
-        "/repository/date_created", "/repository/repo_type", "/image/tag", "/image/digest", "/image",
+        "/event_id",
+        "/type",
+        "/occurred_at",
+        "/repository/namespace",
+        "/repository/name",
+        "/repository/region",
+        "/repository/date_created",
+        "/repository/repo_type",
+        "/image/tag",
+        "/image/digest",
+        "/image",
     ];
 
     proptest::proptest! {

@@ -44,6 +44,15 @@ impl Stage {
     }
 }
 
+/// `queue` of `tagcast_queue_messages`: the queues an operator watches (not the delay steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueLabel {
+    Events,
+    EventsDead,
+    Deliveries,
+    DeliveriesDead,
+}
+
 /// Buckets for webhook latencies: 1 ms to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -71,6 +80,7 @@ pub struct Metrics {
     pub database_retries: IntCounter,
     pub status_publish_failures: IntCounter,
     up: IntGaugeVec,
+    queue_messages: IntGaugeVec,
 }
 
 impl Metrics {
@@ -162,6 +172,18 @@ impl Metrics {
                 register(r, g.clone());
                 g
             },
+            queue_messages: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "tagcast_queue_messages",
+                        "Messages ready in tagcast's queues, as last seen by this replica.",
+                    ),
+                    &["queue"],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                register(r, g.clone());
+                g
+            },
             registry,
         };
         let build = IntGaugeVec::new(
@@ -225,6 +247,18 @@ impl Metrics {
         self.up
             .with_label_values(&["postgresql"])
             .set(database.into());
+    }
+
+    pub fn queue_depth(&self, queue: QueueLabel, messages: u32) {
+        let label = match queue {
+            QueueLabel::Events => "events",
+            QueueLabel::EventsDead => "events_dead",
+            QueueLabel::Deliveries => "deliveries",
+            QueueLabel::DeliveriesDead => "deliveries_dead",
+        };
+        self.queue_messages
+            .with_label_values(&[label])
+            .set(messages.into());
     }
 
     /// The text exposition format 0.0.4.

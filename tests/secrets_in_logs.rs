@@ -26,7 +26,11 @@ impl Write for Captured {
 async fn no_secret_reaches_the_logs() {
     let captured = Captured::default();
     let writer = captured.clone();
-    tracing_subscriber::fmt().with_env_filter("trace,hyper=info,h2=info,rustls=info,sqlx=info").with_ansi(false).with_writer(move || writer.clone()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter("trace,hyper=info,h2=info,rustls=info,sqlx=info")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
 
     let query_secret = "q-s3cr3t-4a7f";
     let webhook_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -36,16 +40,46 @@ async fn no_secret_reaches_the_logs() {
     let mut app = TestApp::spawn_with(settings).await;
     let ok = Receiver::always(200).await;
     let failing = Receiver::always(500).await;
-    app.insert_webhook_for("namespace", "repoTest", "ok", &ok.url(&format!("/hook?secret={query_secret}")), Trigger::All, Some(webhook_secret)).await;
-    app.insert_webhook_for("namespace", "repoTest", "failing", &failing.url(&format!("/hook?token={query_secret}")), Trigger::All, Some(webhook_secret)).await;
+    app.insert_webhook_for(
+        "namespace",
+        "repoTest",
+        "ok",
+        &ok.url(&format!("/hook?secret={query_secret}")),
+        Trigger::All,
+        Some(webhook_secret),
+    )
+    .await;
+    app.insert_webhook_for(
+        "namespace",
+        "repoTest",
+        "failing",
+        &failing.url(&format!("/hook?token={query_secret}")),
+        Trigger::All,
+        Some(webhook_secret),
+    )
+    .await;
     app.publish_event(&event("latest")).await;
     app.statuses(3, 10 * SECOND).await; // succeeded, retrying, failed
     app.teardown().await;
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("delivery attempt") && logs.contains("/hook?REDACTED"), "the attempts were logged, with the query redacted:\n{logs}");
-    assert!(logs.contains("guest:REDACTED@"), "the broker URL was logged, redacted");
-    for secret in [query_secret, webhook_secret, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "guest:guest"] {
-        assert!(!logs.contains(secret), "{secret} appears in the logs:\n{logs}");
+    assert!(
+        logs.contains("delivery attempt") && logs.contains("/hook?REDACTED"),
+        "the attempts were logged, with the query redacted:\n{logs}"
+    );
+    assert!(
+        logs.contains("guest:REDACTED@"),
+        "the broker URL was logged, redacted"
+    );
+    for secret in [
+        query_secret,
+        webhook_secret,
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "guest:guest",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "{secret} appears in the logs:\n{logs}"
+        );
     }
 }

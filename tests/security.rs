@@ -15,18 +15,47 @@ async fn private_targets_are_blocked_by_default() {
     let mut app = TestApp::spawn_with(settings).await;
     let receiver = Receiver::always(200).await;
     let port = receiver.addr.port();
-    let literal = app.insert_webhook("literal", &format!("http://127.0.0.1:{port}/"), Trigger::All).await;
-    let resolved = app.insert_webhook("resolved", &format!("http://localhost:{port}/"), Trigger::All).await;
-    let mapped = app.insert_webhook("mapped", &format!("http://[::ffff:127.0.0.1]:{port}/"), Trigger::All).await;
+    let literal = app
+        .insert_webhook(
+            "literal",
+            &format!("http://127.0.0.1:{port}/"),
+            Trigger::All,
+        )
+        .await;
+    let resolved = app
+        .insert_webhook(
+            "resolved",
+            &format!("http://localhost:{port}/"),
+            Trigger::All,
+        )
+        .await;
+    let mapped = app
+        .insert_webhook(
+            "mapped",
+            &format!("http://[::ffff:127.0.0.1]:{port}/"),
+            Trigger::All,
+        )
+        .await;
     app.publish_event(&event("latest")).await;
     let statuses = app.statuses(3, 10 * SECOND).await;
     for id in [literal, resolved, mapped] {
         let s = statuses.iter().find(|s| s["webhook_id"] == id).unwrap();
-        assert_eq!((s["status"].as_str(), s["error"].as_str()), (Some("failed"), Some("blocked_address")), "{s}");
+        assert_eq!(
+            (s["status"].as_str(), s["error"].as_str()),
+            (Some("failed"), Some("blocked_address")),
+            "{s}"
+        );
     }
     assert_eq!(receiver.count(), 0, "nothing reached the loopback receiver");
-    assert_eq!(app.metric(r#"tagcast_delivery_attempts_total{outcome="blocked"}"#).await, 3.0);
-    let errors: Vec<Option<String>> = sqlx::query_scalar("SELECT error FROM delivery_attempts").fetch_all(&app.pg).await.unwrap();
+    assert_eq!(
+        app.metric(r#"tagcast_delivery_attempts_total{outcome="blocked"}"#)
+            .await,
+        3.0
+    );
+    let errors: Vec<Option<String>> = sqlx::query_scalar("SELECT error FROM delivery_attempts")
+        .fetch_all(&app.pg)
+        .await
+        .unwrap();
     assert_eq!(errors, vec![Some("blocked_address".to_owned()); 3]);
     app.teardown().await;
 }
@@ -38,8 +67,15 @@ async fn an_allowed_range_is_reachable_and_nothing_else_is() {
     settings.allow_targets = vec!["127.0.0.0/8".parse().unwrap()];
     let mut app = TestApp::spawn_with(settings).await;
     let receiver = Receiver::always(200).await;
-    app.insert_webhook("allowed", &receiver.url("/"), Trigger::All).await;
-    let other = app.insert_webhook("metadata", "http://169.254.169.254/latest/meta-data/", Trigger::All).await;
+    app.insert_webhook("allowed", &receiver.url("/"), Trigger::All)
+        .await;
+    let other = app
+        .insert_webhook(
+            "metadata",
+            "http://169.254.169.254/latest/meta-data/",
+            Trigger::All,
+        )
+        .await;
     app.publish_event(&event("latest")).await;
     let statuses = app.statuses(2, 10 * SECOND).await;
     let blocked = statuses.iter().find(|s| s["webhook_id"] == other).unwrap();
@@ -81,10 +117,19 @@ async fn a_self_signed_certificate_is_refused() {
     settings.retry_max_attempts = 1;
     let mut app = TestApp::spawn_with(settings).await;
     let port = self_signed_server().await;
-    app.insert_webhook("tls", &format!("https://localhost:{port}/hook"), Trigger::All).await;
+    app.insert_webhook(
+        "tls",
+        &format!("https://localhost:{port}/hook"),
+        Trigger::All,
+    )
+    .await;
     app.publish_event(&event("latest")).await;
     let status = app.next_status(10 * SECOND).await;
-    assert_eq!((status["status"].as_str(), status["error"].as_str()), (Some("failed"), Some("tls_certificate")), "{status}");
+    assert_eq!(
+        (status["status"].as_str(), status["error"].as_str()),
+        (Some("failed"), Some("tls_certificate")),
+        "{status}"
+    );
     assert!(status["http_status"].is_null());
     app.teardown().await;
 }
