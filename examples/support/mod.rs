@@ -1,0 +1,479 @@
+//! Shared by the chaos run, the benchmark and the reduced chaos test: a counting HTTP receiver,
+//! tagcast as a child process, and an isolated environment (database, prefix, exchanges).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use sqlx::{Connection as _, PgConnection, PgPool};
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// What the receiver saw: every `webhook-id` with how often it came, and arrival latencies
+/// (from the event's `occurred_at`, carried in the body's `pushed_at` is only to the second,
+/// so latency uses the `x-sent-ms` the publisher put in the tag).
+#[derive(Default)]
+pub struct Seen {
+    pub ids: HashMap<String, u32>,
+    pub latencies_us: Vec<u64>,
+}
+
+/// A fast HTTP receiver that answers 200 and counts.
+#[derive(Clone)]
+pub struct CountingReceiver {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Seen>>,
+    pub requests: Arc<AtomicU64>,
+}
+
+impl CountingReceiver {
+    pub async fn start() -> CountingReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (s, r) = (seen.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let _ = stream.set_nodelay(true);
+                let (seen, requests) = (s.clone(), r.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (seen, requests) = (seen.clone(), requests.clone());
+                        async move {
+                            let id = req.headers().get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let now_us = Utc::now().timestamp_micros();
+                            let sent_us = sent_at_us(&body);
+                            requests.fetch_add(1, Ordering::Relaxed);
+                            {
+                                let mut seen = seen.lock().unwrap();
+                                *seen.ids.entry(id).or_default() += 1;
+                                if let Some(sent) = sent_us {
+                                    seen.latencies_us.push(u64::try_from(now_us - sent).unwrap_or(0));
+                                }
+                            }
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        CountingReceiver { addr, seen, requests }
+    }
+}
+
+/// Events carry their send time in the tag (`t<micros>`), so the receiver can measure latency
+/// at microsecond precision (the body's `pushed_at` has whole seconds only).
+fn sent_at_us(body: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("\"tag\":\"t")? + 8;
+    let end = start + text[start..].find('"')?;
+    text[start..end].parse().ok()
+}
+
+/// An isolated environment: its own database, queue prefix and exchanges.
+pub struct Env {
+    pub prefix: String,
+    pub database: String,
+    pub pg: PgPool,
+    pub metrics_port: u16,
+}
+
+impl Env {
+    pub async fn create(label: &str) -> Env {
+        let prefix = format!("{label}{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let database = format!("tagcast_{prefix}");
+        let mut admin = PgConnection::connect(PG_ADMIN).await.expect("PostgreSQL is not running");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{database}\""))).execute(&mut admin).await.unwrap();
+        let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+        let pg = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
+        let pool = tagcast::store::connect(&url.parse().unwrap(), 1).unwrap();
+        tagcast::store::migrate(&pool).await.unwrap();
+        pool.close().await;
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Env { prefix, database, pg, metrics_port }
+    }
+
+    pub fn database_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.database)
+    }
+    pub fn events_exchange(&self) -> String {
+        format!("{}.registry.events", self.prefix)
+    }
+    pub fn status_exchange(&self) -> String {
+        format!("{}.status", self.prefix)
+    }
+
+    /// The command that runs tagcast on this environment.
+    pub fn command(&self, binary: &str) -> Command {
+        let mut cmd = Command::new(binary);
+        cmd.arg("run")
+            .env("TAGCAST_DATABASE_URL", self.database_url())
+            .env("TAGCAST_QUEUE_PREFIX", &self.prefix)
+            .env("TAGCAST_EVENTS_EXCHANGE", self.events_exchange())
+            .env("TAGCAST_STATUS_EXCHANGE", self.status_exchange())
+            .env("TAGCAST_METRICS_ADDR", format!("127.0.0.1:{}", self.metrics_port))
+            .env("TAGCAST_ALLOW_PRIVATE_TARGETS", "true")
+            .env("TAGCAST_RETRY_INITIAL_DELAY", "250ms")
+            .env("TAGCAST_RETRY_MAX_DELAY", "2s")
+            .env("TAGCAST_RETRY_MAX_ATTEMPTS", "20")
+            .env("TAGCAST_HTTP_CONNECT_TIMEOUT", "1s")
+            .env("TAGCAST_HTTP_TIMEOUT", "2s")
+            .env("TAGCAST_LOG_FORMAT", "json")
+            .env("RUST_LOG", std::env::var("TAGCAST_CHILD_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if std::env::var_os("TAGCAST_CHILD_LOG").is_none() {
+            cmd.stderr(Stdio::null());
+        }
+        cmd
+    }
+
+    /// Inserts `count` webhooks for `chaos/repo`, each on its own path of the receiver.
+    pub async fn insert_webhooks(&self, receiver: SocketAddr, count: usize) {
+        for i in 0..count {
+            sqlx::query("INSERT INTO webhooks (namespace, repository, name, url) VALUES ('chaos', 'repo', $1, $2)")
+                .bind(format!("hook{i}"))
+                .bind(format!("http://{receiver}/hook/{i}?secret=x"))
+                .execute(&self.pg)
+                .await
+                .unwrap();
+        }
+    }
+
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{}/readyz", self.metrics_port)).await
+                && r.status().is_success()
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Drops the database and every queue and exchange of the environment.
+    pub async fn destroy(self) {
+        self.pg.close().await;
+        if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
+            && let Ok(ch) = conn.create_channel().await
+        {
+            let topology = tagcast::amqp::Topology { prefix: self.prefix.clone(), events_exchange: self.events_exchange(), status_exchange: self.status_exchange() };
+            for q in topology.queues() {
+                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            }
+            for x in [self.events_exchange(), self.status_exchange()] {
+                let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+            }
+            let _ = conn.close(200, "bye".into()).await;
+        }
+        let mut admin = PgConnection::connect(PG_ADMIN).await.unwrap();
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database))).execute(&mut admin).await;
+    }
+}
+
+/// Publishes build events with publisher confirms, reconnecting when the broker goes away, so
+/// that "published" means "the broker has it".
+pub struct EventPublisher {
+    exchange: String,
+    channel: Option<(Connection, Channel)>,
+}
+
+impl EventPublisher {
+    pub fn new(exchange: String) -> EventPublisher {
+        EventPublisher { exchange, channel: None }
+    }
+
+    async fn channel(&mut self) -> Channel {
+        loop {
+            if let Some((conn, ch)) = &self.channel
+                && conn.status().connected()
+                && ch.status().connected()
+            {
+                return ch.clone();
+            }
+            self.channel = None;
+            if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
+                && let Ok(ch) = conn.create_channel().await
+                && ch.confirm_select(ConfirmSelectOptions::default()).await.is_ok()
+                && ch.exchange_declare(self.exchange.as_str().into(), ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.is_ok()
+            {
+                self.channel = Some((conn, ch));
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Publishes a batch and waits for every confirm; retries the whole batch on failure
+    /// (duplicates are fine: the event id makes them idempotent).
+    pub async fn publish_batch(&mut self, events: &[Vec<u8>]) {
+        loop {
+            let ch = self.channel().await;
+            let mut pending = Vec::with_capacity(events.len());
+            let mut ok = true;
+            for body in events {
+                let props = BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
+                match ch.basic_publish(self.exchange.as_str().into(), "build.completed.chaos.repo".into(), BasicPublishOptions::default(), body, props).await {
+                    Ok(c) => pending.push(c),
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok {
+                let mut all = true;
+                for c in pending {
+                    all &= matches!(c.await, Ok(conf) if conf.is_ack());
+                }
+                if all {
+                    return;
+                }
+            }
+            self.channel = None;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A build event for `chaos/repo`; its tag carries the send time in microseconds.
+pub fn event_body(event_id: &str) -> Vec<u8> {
+    let tag = format!("t{}", Utc::now().timestamp_micros());
+    serde_json::to_vec(&serde_json::json!({
+        "event_id": event_id,
+        "type": "build.completed",
+        "occurred_at": Utc::now().to_rfc3339(),
+        "repository": {"namespace": "chaos", "name": "repo", "region": "local", "date_created": "2016-10-28T21:31:42+08:00",
+                       "repo_authentication_type": "NO_CERTIFIED", "repo_origin_type": "NO_CERTIFIED", "repo_type": "PUBLIC"},
+        "image": {"tag": tag, "digest": "sha256:457f4aa83fc9a6663ab9d1b0a6e2dce25a12a943ed5bf2c1747c58d48bbb4917"}
+    }))
+    .unwrap()
+}
+
+/// A running tagcast child process.
+pub struct Worker {
+    pub child: Child,
+}
+
+impl Worker {
+    pub fn spawn(env: &Env, binary: &str) -> Worker {
+        Worker { child: env.command(binary).spawn().expect("cannot start tagcast") }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill9();
+        None
+    }
+}
+
+/// Agreement between what the receiver saw and the access records.
+#[derive(Debug)]
+pub struct Verdict {
+    pub expected: usize,
+    pub distinct_received: usize,
+    pub lost: usize,
+    pub repeats: u64,
+    pub records: usize,
+    pub records_succeeded: usize,
+    pub records_agree: usize,
+}
+
+impl Verdict {
+    pub fn agree_ratio(&self) -> f64 {
+        if self.expected == 0 { 1.0 } else { self.records_agree as f64 / self.expected as f64 }
+    }
+}
+
+pub async fn verdict(env: &Env, receiver: &CountingReceiver, expected: usize) -> Verdict {
+    let rows: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, status FROM deliveries").fetch_all(&env.pg).await.unwrap();
+    let seen = receiver.seen.lock().unwrap();
+    let received: usize = seen.ids.len();
+    let total: u64 = seen.ids.values().map(|&n| u64::from(n)).sum();
+    let succeeded: Vec<String> = rows.iter().filter(|(_, s)| s == "succeeded").map(|(id, _)| id.to_string()).collect();
+    // A record agrees when it says succeeded and the receiver has that webhook-id.
+    let agree = succeeded.iter().filter(|id| seen.ids.contains_key(*id)).count();
+    let lost = expected.saturating_sub(received);
+    Verdict { expected, distinct_received: received, lost, repeats: total - received as u64, records: rows.len(), records_succeeded: succeeded.len(), records_agree: agree }
+}
+
+/// What a chaos run does.
+#[derive(Debug, Clone)]
+pub struct ChaosPlan {
+    pub events: usize,
+    pub webhooks: usize,
+    pub kills: usize,
+    pub restart_rabbitmq: bool,
+    pub restart_postgres: bool,
+    /// Give up when nothing new arrives for this long.
+    pub stall: Duration,
+}
+
+#[derive(Debug)]
+pub struct ChaosReport {
+    pub plan: ChaosPlan,
+    pub published: usize,
+    pub verdict: Verdict,
+    pub kills_done: usize,
+    pub sigterm_exit: Option<i32>,
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for ChaosReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = &self.verdict;
+        writeln!(f, "events published:        {}", self.published)?;
+        writeln!(f, "webhooks per event:      {}", self.plan.webhooks)?;
+        writeln!(f, "deliveries expected:     {}", v.expected)?;
+        writeln!(f, "distinct webhook-ids:    {}", v.distinct_received)?;
+        writeln!(f, "lost:                    {}", v.lost)?;
+        writeln!(f, "repeats:                 {}", v.repeats)?;
+        writeln!(f, "access records:          {} ({} succeeded)", v.records, v.records_succeeded)?;
+        writeln!(f, "records agree:           {} of {} ({:.2}%)", v.records_agree, v.expected, 100.0 * v.agree_ratio())?;
+        writeln!(f, "SIGKILLs:                {}", self.kills_done)?;
+        writeln!(f, "RabbitMQ restarted:      {}", self.plan.restart_rabbitmq)?;
+        writeln!(f, "PostgreSQL restarted:    {}", self.plan.restart_postgres)?;
+        writeln!(f, "final SIGTERM exit code: {:?}", self.sigterm_exit)?;
+        write!(f, "took:                    {:.1} s", self.seconds)
+    }
+}
+
+fn sh(cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(cmd).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Stops the RabbitMQ node and starts it again; returns when it accepts connections.
+pub fn restart_rabbitmq() {
+    sh("rabbitmqctl stop");
+    sh("rabbitmq-server -detached");
+    for _ in 0..120 {
+        if sh("rabbitmq-diagnostics -q check_port_connectivity") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("RabbitMQ did not come back");
+}
+
+/// Restarts the PostgreSQL cluster (fast shutdown: open connections are cut).
+pub fn restart_postgres() {
+    sh("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | sort -V | tail -n 1) main restart -m fast");
+    for _ in 0..120 {
+        if sh("pg_isready -q -h 127.0.0.1 -p 5432") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("PostgreSQL did not come back");
+}
+
+/// Publishes `plan.events` events while killing and restarting as planned, waits until every
+/// delivery arrived or progress stalls, then compares the receiver with the access records.
+pub async fn run_chaos(plan: ChaosPlan, binary: &str) -> ChaosReport {
+    let started = Instant::now();
+    let env = Env::create("chaos").await;
+    let receiver = CountingReceiver::start().await;
+    env.insert_webhooks(receiver.addr, plan.webhooks).await;
+    let mut worker = Worker::spawn(&env, binary);
+    assert!(env.ready(Duration::from_secs(30)).await, "tagcast did not become ready");
+
+    let expected = plan.events * plan.webhooks;
+    let exchange = env.events_exchange();
+    let events = plan.events;
+    let publisher = tokio::spawn(async move {
+        let mut p = EventPublisher::new(exchange);
+        let ids: Vec<String> = (0..events).map(|_| Uuid::new_v4().to_string()).collect();
+        for chunk in ids.chunks(250) {
+            let bodies: Vec<Vec<u8>> = chunk.iter().map(|id| event_body(id)).collect();
+            p.publish_batch(&bodies).await;
+        }
+        events
+    });
+
+    // Faults at fractions of the deliveries received: kills spread out, the broker restart
+    // and the database restart between them.
+    let mut faults: Vec<(f64, &str)> = (1..=plan.kills).map(|i| (i as f64 / (plan.kills + 1) as f64, "kill")).collect();
+    if plan.restart_rabbitmq {
+        faults.push((0.3, "rabbitmq"));
+    }
+    if plan.restart_postgres {
+        faults.push((0.6, "postgres"));
+    }
+    faults.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut faults = faults.into_iter().peekable();
+    let mut kills_done = 0;
+    let mut last_progress = (0usize, Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let received = receiver.seen.lock().unwrap().ids.len();
+        if received != last_progress.0 {
+            last_progress = (received, Instant::now());
+        }
+        if let Some(&(at, what)) = faults.peek()
+            && received as f64 >= at * expected as f64
+        {
+            faults.next();
+            match what {
+                "kill" => {
+                    worker.kill9();
+                    kills_done += 1;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    worker = Worker::spawn(&env, binary);
+                }
+                "rabbitmq" => tokio::task::spawn_blocking(restart_rabbitmq).await.unwrap(),
+                _ => tokio::task::spawn_blocking(restart_postgres).await.unwrap(),
+            }
+            last_progress.1 = Instant::now();
+        }
+        if received >= expected && faults.peek().is_none() {
+            let succeeded: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'succeeded'").fetch_one(&env.pg).await.unwrap_or(0);
+            if succeeded as usize >= expected {
+                break;
+            }
+        }
+        if last_progress.1.elapsed() > plan.stall {
+            eprintln!("no progress for {:?}: stopping the wait", plan.stall);
+            break;
+        }
+    }
+    let published = publisher.await.unwrap();
+    let sigterm_exit = worker.terminate(Duration::from_secs(40)).and_then(|s| s.code());
+    let verdict = verdict(&env, &receiver, expected).await;
+    env.destroy().await;
+    ChaosReport { plan, published, verdict, kills_done, sigterm_exit, seconds: started.elapsed().as_secs_f64() }
+}
