@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
@@ -25,7 +25,7 @@ use crate::amqp::{Publisher, Topology};
 use crate::config::Settings;
 use crate::delivery::{self, ClientSettings, RetryPolicy, WebhookClient, guard::AddressPolicy};
 use crate::http::{self, Health};
-use crate::metrics::{Metrics, QueueLabel};
+use crate::metrics::{Metrics, QueueLabel, Stage};
 use crate::pipeline;
 use crate::store::{self, StoreError, WebhookCache};
 
@@ -242,6 +242,7 @@ async fn supervise_broker(
                 tracing::info!(amqp = %settings.amqp_url, "connected to RabbitMQ");
                 let publisher = Publisher::new(channels.publish, topology.clone());
                 let events = consume(
+                    Stage::Events,
                     channels.events,
                     topology.events_queue(),
                     ctx.clone(),
@@ -251,6 +252,7 @@ async fn supervise_broker(
                     pipeline::handle_event,
                 );
                 let deliveries = consume(
+                    Stage::Deliveries,
                     channels.deliveries,
                     topology.deliveries_queue(),
                     ctx.clone(),
@@ -297,7 +299,8 @@ async fn connect(
     settings: &Settings,
     topology: &Topology,
 ) -> Result<(Connection, Channels), lapin::Error> {
-    let properties = ConnectionProperties::default().with_connection_name("tagcast".into());
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("tagcast {}", topology.prefix).into());
     let connection = Connection::connect(settings.amqp_url.expose(), properties).await?;
     let publish = connection.create_channel().await?;
     topology.declare(&publish).await.map_err(|e| match e {
@@ -363,6 +366,7 @@ async fn watch_queues(channel: Channel, topology: Arc<Topology>, metrics: Metric
 /// Consumes one queue until `stop` fires or the channel dies. Each message gets its own task,
 /// so a slow webhook holds up only its own message; the prefetch bounds how many run at once.
 async fn consume<F, Fut>(
+    stage: Stage,
     channel: Channel,
     queue: String,
     ctx: Arc<Context>,
@@ -405,9 +409,50 @@ async fn consume<F, Fut>(
                 None => return,
             },
         };
+        let redeliveries = delivery_count(&delivery.properties);
+        if delivery.redelivered {
+            ctx.metrics.redelivered(stage);
+        }
+        if redeliveries >= POISON_WARNING {
+            // The queue's delivery limit (10) dead-letters it soon: say so while it happens.
+            tracing::warn!(
+                queue,
+                redeliveries,
+                "message keeps failing; at the delivery limit it is dead-lettered"
+            );
+        }
         let acker = delivery.acker;
         let task = handler(ctx.clone(), publisher.clone(), delivery.data);
-        work.spawn(async move { settle(acker, task.await).await });
+        work.spawn(async move {
+            // A panic must not strand the message unacknowledged: return it, so the delivery
+            // limit can take it out of circulation if it keeps happening.
+            let outcome = std::panic::AssertUnwindSafe(task)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!("message handler panicked; message returned to the queue");
+                    Settle::Requeue
+                });
+            settle(acker, outcome).await
+        });
+    }
+}
+
+/// Redeliveries after which a message is reported as probably poisonous.
+const POISON_WARNING: i64 = 5;
+
+/// How often a quorum queue has handed this message out before (its `x-delivery-count`).
+fn delivery_count(properties: &lapin::BasicProperties) -> i64 {
+    use lapin::types::AMQPValue;
+    let Some(headers) = properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        _ => 0,
     }
 }
 

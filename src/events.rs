@@ -56,6 +56,8 @@ pub enum EventError {
     Tag,
     #[error("image.digest is not of the form algorithm:hex")]
     Digest,
+    #[error("{0} contains a NUL character, which cannot be stored")]
+    Nul(&'static str),
 }
 
 #[derive(Deserialize)]
@@ -100,6 +102,23 @@ pub fn decode(body: &[u8]) -> Result<Decoded, EventError> {
         return Ok(Decoded::Ignored {
             event_type: wire.event_type.into_owned(),
         });
+    }
+    let r = &wire.repository;
+    for (field, text) in [
+        ("event_id", &wire.event_id),
+        ("repository.namespace", &r.namespace),
+        ("repository.name", &r.name),
+        ("repository.region", &r.region),
+        (
+            "repository.repo_authentication_type",
+            &r.repo_authentication_type,
+        ),
+        ("repository.repo_origin_type", &r.repo_origin_type),
+        ("repository.repo_type", &r.repo_type),
+    ] {
+        if text.contains('\0') {
+            return Err(EventError::Nul(field));
+        }
     }
     let id_len = wire.event_id.chars().count();
     if !(1..=128).contains(&id_len) {

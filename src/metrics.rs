@@ -75,6 +75,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub retries_scheduled: IntCounter,
     dead_lettered: IntCounterVec,
+    redelivered: IntCounterVec,
     pub broker_connections: IntCounter,
     pub webhook_cache_reloads: IntCounter,
     pub database_retries: IntCounter,
@@ -138,6 +139,12 @@ impl Metrics {
                 r,
                 "tagcast_messages_dead_lettered_total",
                 "Messages rejected to a dead-letter queue, by stage.",
+                &["stage"],
+            ),
+            redelivered: counter_vec(
+                r,
+                "tagcast_messages_redelivered_total",
+                "Messages the broker handed out again (after a crash, a requeue or a lost connection), by stage.",
                 &["stage"],
             ),
             broker_connections: counter(
@@ -240,6 +247,10 @@ impl Metrics {
         self.dead_lettered
             .with_label_values(&[stage.as_str()])
             .inc();
+    }
+
+    pub fn redelivered(&self, stage: Stage) {
+        self.redelivered.with_label_values(&[stage.as_str()]).inc();
     }
 
     pub fn set_up(&self, broker: bool, database: bool) {

@@ -469,3 +469,48 @@ async fn metrics_and_health_endpoints() {
     }
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_message_that_always_fails_is_dead_lettered_by_the_delivery_limit() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    app.insert_webhook("a", &receiver.url("/a"), Trigger::All)
+        .await;
+    // A permanent database error for one event only: its processing fails every time.
+    sqlx::raw_sql(
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.event_id = 'poison' THEN RAISE EXCEPTION 'poisoned event'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON deliveries FOR EACH ROW EXECUTE FUNCTION poison();",
+    )
+    .execute(&app.pg)
+    .await
+    .unwrap();
+    let mut poison = event("latest");
+    poison["event_id"] = "poison".into();
+    app.publish_event(&poison).await;
+    app.publish_event(&event("latest")).await;
+
+    // The valid event goes through while the poison one cycles.
+    assert_eq!(app.next_status(10 * SECOND).await["status"], "succeeded");
+    let deadline = std::time::Instant::now() + 30 * SECOND;
+    let dead = loop {
+        let dead = app.queue_messages("events.dead").await;
+        if !dead.is_empty() || std::time::Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        dead.len(),
+        1,
+        "the poison event reached the dead-letter queue"
+    );
+    assert!(String::from_utf8_lossy(&dead[0]).contains("\"poison\""));
+    assert!(
+        app.metric(r#"tagcast_messages_redelivered_total{stage="events"}"#)
+            .await
+            >= 9.0
+    );
+    assert_eq!(receiver.count(), 1);
+    app.teardown().await;
+}

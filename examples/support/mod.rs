@@ -51,15 +51,27 @@ impl CountingReceiver {
         let (s, r) = (seen.clone(), requests.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let _ = stream.set_nodelay(true);
                 let (seen, requests) = (s.clone(), r.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (seen, requests) = (seen.clone(), requests.clone());
                         async move {
-                            let id = req.headers().get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let id = req
+                                .headers()
+                                .get("webhook-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let now_us = Utc::now().timestamp_micros();
                             let sent_us = sent_at_us(&body);
                             requests.fetch_add(1, Ordering::Relaxed);
@@ -67,17 +79,24 @@ impl CountingReceiver {
                                 let mut seen = seen.lock().unwrap();
                                 *seen.ids.entry(id).or_default() += 1;
                                 if let Some(sent) = sent_us {
-                                    seen.latencies_us.push(u64::try_from(now_us - sent).unwrap_or(0));
+                                    seen.latencies_us
+                                        .push(u64::try_from(now_us - sent).unwrap_or(0));
                                 }
                             }
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
-        CountingReceiver { addr, seen, requests }
+        CountingReceiver {
+            addr,
+            seen,
+            requests,
+        }
     }
 }
 
@@ -102,15 +121,35 @@ impl Env {
     pub async fn create(label: &str) -> Env {
         let prefix = format!("{label}{}", &Uuid::new_v4().simple().to_string()[..8]);
         let database = format!("tagcast_{prefix}");
-        let mut admin = PgConnection::connect(PG_ADMIN).await.expect("PostgreSQL is not running");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{database}\""))).execute(&mut admin).await.unwrap();
+        let mut admin = PgConnection::connect(PG_ADMIN)
+            .await
+            .expect("PostgreSQL is not running");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE \"{database}\""
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
         let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-        let pg = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
+        let pg = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap();
         let pool = tagcast::store::connect(&url.parse().unwrap(), 1).unwrap();
         tagcast::store::migrate(&pool).await.unwrap();
         pool.close().await;
-        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Env { prefix, database, pg, metrics_port }
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Env {
+            prefix,
+            database,
+            pg,
+            metrics_port,
+        }
     }
 
     pub fn database_url(&self) -> String {
@@ -131,7 +170,10 @@ impl Env {
             .env("TAGCAST_QUEUE_PREFIX", &self.prefix)
             .env("TAGCAST_EVENTS_EXCHANGE", self.events_exchange())
             .env("TAGCAST_STATUS_EXCHANGE", self.status_exchange())
-            .env("TAGCAST_METRICS_ADDR", format!("127.0.0.1:{}", self.metrics_port))
+            .env(
+                "TAGCAST_METRICS_ADDR",
+                format!("127.0.0.1:{}", self.metrics_port),
+            )
             .env("TAGCAST_ALLOW_PRIVATE_TARGETS", "true")
             .env("TAGCAST_RETRY_INITIAL_DELAY", "250ms")
             .env("TAGCAST_RETRY_MAX_DELAY", "2s")
@@ -139,7 +181,10 @@ impl Env {
             .env("TAGCAST_HTTP_CONNECT_TIMEOUT", "1s")
             .env("TAGCAST_HTTP_TIMEOUT", "2s")
             .env("TAGCAST_LOG_FORMAT", "json")
-            .env("RUST_LOG", std::env::var("TAGCAST_CHILD_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TAGCAST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         if std::env::var_os("TAGCAST_CHILD_LOG").is_none() {
@@ -163,7 +208,8 @@ impl Env {
     pub async fn ready(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{}/readyz", self.metrics_port)).await
+            if let Ok(r) =
+                reqwest::get(format!("http://127.0.0.1:{}/readyz", self.metrics_port)).await
                 && r.status().is_success()
             {
                 return true;
@@ -179,17 +225,30 @@ impl Env {
         if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
             && let Ok(ch) = conn.create_channel().await
         {
-            let topology = tagcast::amqp::Topology { prefix: self.prefix.clone(), events_exchange: self.events_exchange(), status_exchange: self.status_exchange() };
+            let topology = tagcast::amqp::Topology {
+                prefix: self.prefix.clone(),
+                events_exchange: self.events_exchange(),
+                status_exchange: self.status_exchange(),
+            };
             for q in topology.queues() {
-                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
             }
             for x in [self.events_exchange(), self.status_exchange()] {
-                let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+                let _ = ch
+                    .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
             }
             let _ = conn.close(200, "bye".into()).await;
         }
         let mut admin = PgConnection::connect(PG_ADMIN).await.unwrap();
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database))).execute(&mut admin).await;
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.database
+        )))
+        .execute(&mut admin)
+        .await;
     }
 }
 
@@ -202,7 +261,10 @@ pub struct EventPublisher {
 
 impl EventPublisher {
     pub fn new(exchange: String) -> EventPublisher {
-        EventPublisher { exchange, channel: None }
+        EventPublisher {
+            exchange,
+            channel: None,
+        }
     }
 
     async fn channel(&mut self) -> Channel {
@@ -216,8 +278,22 @@ impl EventPublisher {
             self.channel = None;
             if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
                 && let Ok(ch) = conn.create_channel().await
-                && ch.confirm_select(ConfirmSelectOptions::default()).await.is_ok()
-                && ch.exchange_declare(self.exchange.as_str().into(), ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.is_ok()
+                && ch
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .is_ok()
+                && ch
+                    .exchange_declare(
+                        self.exchange.as_str().into(),
+                        ExchangeKind::Topic,
+                        ExchangeDeclareOptions {
+                            durable: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .is_ok()
             {
                 self.channel = Some((conn, ch));
                 continue;
@@ -234,8 +310,19 @@ impl EventPublisher {
             let mut pending = Vec::with_capacity(events.len());
             let mut ok = true;
             for body in events {
-                let props = BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
-                match ch.basic_publish(self.exchange.as_str().into(), "build.completed.chaos.repo".into(), BasicPublishOptions::default(), body, props).await {
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into());
+                match ch
+                    .basic_publish(
+                        self.exchange.as_str().into(),
+                        "build.completed.chaos.repo".into(),
+                        BasicPublishOptions::default(),
+                        body,
+                        props,
+                    )
+                    .await
+                {
                     Ok(c) => pending.push(c),
                     Err(_) => {
                         ok = false;
@@ -279,7 +366,9 @@ pub struct Worker {
 
 impl Worker {
     pub fn spawn(env: &Env, binary: &str) -> Worker {
-        Worker { child: env.command(binary).spawn().expect("cannot start tagcast") }
+        Worker {
+            child: env.command(binary).spawn().expect("cannot start tagcast"),
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -289,7 +378,10 @@ impl Worker {
 
     /// SIGTERM, then the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -316,20 +408,42 @@ pub struct Verdict {
 
 impl Verdict {
     pub fn agree_ratio(&self) -> f64 {
-        if self.expected == 0 { 1.0 } else { self.records_agree as f64 / self.expected as f64 }
+        if self.expected == 0 {
+            1.0
+        } else {
+            self.records_agree as f64 / self.expected as f64
+        }
     }
 }
 
 pub async fn verdict(env: &Env, receiver: &CountingReceiver, expected: usize) -> Verdict {
-    let rows: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, status FROM deliveries").fetch_all(&env.pg).await.unwrap();
+    let rows: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, status FROM deliveries")
+        .fetch_all(&env.pg)
+        .await
+        .unwrap();
     let seen = receiver.seen.lock().unwrap();
     let received: usize = seen.ids.len();
     let total: u64 = seen.ids.values().map(|&n| u64::from(n)).sum();
-    let succeeded: Vec<String> = rows.iter().filter(|(_, s)| s == "succeeded").map(|(id, _)| id.to_string()).collect();
+    let succeeded: Vec<String> = rows
+        .iter()
+        .filter(|(_, s)| s == "succeeded")
+        .map(|(id, _)| id.to_string())
+        .collect();
     // A record agrees when it says succeeded and the receiver has that webhook-id.
-    let agree = succeeded.iter().filter(|id| seen.ids.contains_key(*id)).count();
+    let agree = succeeded
+        .iter()
+        .filter(|id| seen.ids.contains_key(*id))
+        .count();
     let lost = expected.saturating_sub(received);
-    Verdict { expected, distinct_received: received, lost, repeats: total - received as u64, records: rows.len(), records_succeeded: succeeded.len(), records_agree: agree }
+    Verdict {
+        expected,
+        distinct_received: received,
+        lost,
+        repeats: total - received as u64,
+        records: rows.len(),
+        records_succeeded: succeeded.len(),
+        records_agree: agree,
+    }
 }
 
 /// What a chaos run does.
@@ -338,6 +452,8 @@ pub struct ChaosPlan {
     pub events: usize,
     pub webhooks: usize,
     pub kills: usize,
+    /// Graceful restarts (SIGTERM, wait for exit, start again) under load.
+    pub sigterms: usize,
     pub restart_rabbitmq: bool,
     pub restart_postgres: bool,
     /// Give up when nothing new arrives for this long.
@@ -350,7 +466,8 @@ pub struct ChaosReport {
     pub published: usize,
     pub verdict: Verdict,
     pub kills_done: usize,
-    pub sigterm_exit: Option<i32>,
+    /// Exit codes of the SIGTERMs under load, then of the final one.
+    pub sigterm_exits: Vec<Option<i32>>,
     pub seconds: f64,
 }
 
@@ -363,18 +480,38 @@ impl std::fmt::Display for ChaosReport {
         writeln!(f, "distinct webhook-ids:    {}", v.distinct_received)?;
         writeln!(f, "lost:                    {}", v.lost)?;
         writeln!(f, "repeats:                 {}", v.repeats)?;
-        writeln!(f, "access records:          {} ({} succeeded)", v.records, v.records_succeeded)?;
-        writeln!(f, "records agree:           {} of {} ({:.2}%)", v.records_agree, v.expected, 100.0 * v.agree_ratio())?;
+        writeln!(
+            f,
+            "access records:          {} ({} succeeded)",
+            v.records, v.records_succeeded
+        )?;
+        writeln!(
+            f,
+            "records agree:           {} of {} ({:.2}%)",
+            v.records_agree,
+            v.expected,
+            100.0 * v.agree_ratio()
+        )?;
         writeln!(f, "SIGKILLs:                {}", self.kills_done)?;
         writeln!(f, "RabbitMQ restarted:      {}", self.plan.restart_rabbitmq)?;
         writeln!(f, "PostgreSQL restarted:    {}", self.plan.restart_postgres)?;
-        writeln!(f, "final SIGTERM exit code: {:?}", self.sigterm_exit)?;
+        writeln!(
+            f,
+            "SIGTERM exit codes:      {:?} (under load, then final)",
+            self.sigterm_exits
+        )?;
         write!(f, "took:                    {:.1} s", self.seconds)
     }
 }
 
 fn sh(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(cmd).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Stops the RabbitMQ node and starts it again; returns when it accepts connections.
@@ -392,7 +529,9 @@ pub fn restart_rabbitmq() {
 
 /// Restarts the PostgreSQL cluster (fast shutdown: open connections are cut).
 pub fn restart_postgres() {
-    sh("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | sort -V | tail -n 1) main restart -m fast");
+    sh(
+        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | sort -V | tail -n 1) main restart -m fast",
+    );
     for _ in 0..120 {
         if sh("pg_isready -q -h 127.0.0.1 -p 5432") {
             return;
@@ -410,7 +549,10 @@ pub async fn run_chaos(plan: ChaosPlan, binary: &str) -> ChaosReport {
     let receiver = CountingReceiver::start().await;
     env.insert_webhooks(receiver.addr, plan.webhooks).await;
     let mut worker = Worker::spawn(&env, binary);
-    assert!(env.ready(Duration::from_secs(30)).await, "tagcast did not become ready");
+    assert!(
+        env.ready(Duration::from_secs(30)).await,
+        "tagcast did not become ready"
+    );
 
     let expected = plan.events * plan.webhooks;
     let exchange = env.events_exchange();
@@ -427,7 +569,12 @@ pub async fn run_chaos(plan: ChaosPlan, binary: &str) -> ChaosReport {
 
     // Faults at fractions of the deliveries received: kills spread out, the broker restart
     // and the database restart between them.
-    let mut faults: Vec<(f64, &str)> = (1..=plan.kills).map(|i| (i as f64 / (plan.kills + 1) as f64, "kill")).collect();
+    let mut faults: Vec<(f64, &str)> = (1..=plan.kills)
+        .map(|i| (i as f64 / (plan.kills + 1) as f64, "kill"))
+        .collect();
+    faults.extend(
+        (1..=plan.sigterms).map(|i| (i as f64 / (plan.sigterms + 1) as f64 + 0.05, "term")),
+    );
     if plan.restart_rabbitmq {
         faults.push((0.3, "rabbitmq"));
     }
@@ -437,6 +584,7 @@ pub async fn run_chaos(plan: ChaosPlan, binary: &str) -> ChaosReport {
     faults.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut faults = faults.into_iter().peekable();
     let mut kills_done = 0;
+    let mut sigterm_exits = Vec::new();
     let mut last_progress = (0usize, Instant::now());
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -455,13 +603,27 @@ pub async fn run_chaos(plan: ChaosPlan, binary: &str) -> ChaosReport {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     worker = Worker::spawn(&env, binary);
                 }
+                "term" => {
+                    let (exit, w) = tokio::task::spawn_blocking(move || {
+                        (worker.terminate(Duration::from_secs(40)), worker)
+                    })
+                    .await
+                    .unwrap();
+                    sigterm_exits.push(exit.and_then(|s| s.code()));
+                    drop(w);
+                    worker = Worker::spawn(&env, binary);
+                }
                 "rabbitmq" => tokio::task::spawn_blocking(restart_rabbitmq).await.unwrap(),
                 _ => tokio::task::spawn_blocking(restart_postgres).await.unwrap(),
             }
             last_progress.1 = Instant::now();
         }
         if received >= expected && faults.peek().is_none() {
-            let succeeded: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'succeeded'").fetch_one(&env.pg).await.unwrap_or(0);
+            let succeeded: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'succeeded'")
+                    .fetch_one(&env.pg)
+                    .await
+                    .unwrap_or(0);
             if succeeded as usize >= expected {
                 break;
             }
@@ -472,8 +634,19 @@ pub async fn run_chaos(plan: ChaosPlan, binary: &str) -> ChaosReport {
         }
     }
     let published = publisher.await.unwrap();
-    let sigterm_exit = worker.terminate(Duration::from_secs(40)).and_then(|s| s.code());
+    sigterm_exits.push(
+        worker
+            .terminate(Duration::from_secs(40))
+            .and_then(|s| s.code()),
+    );
     let verdict = verdict(&env, &receiver, expected).await;
     env.destroy().await;
-    ChaosReport { plan, published, verdict, kills_done, sigterm_exit, seconds: started.elapsed().as_secs_f64() }
+    ChaosReport {
+        plan,
+        published,
+        verdict,
+        kills_done,
+        sigterm_exits,
+        seconds: started.elapsed().as_secs_f64(),
+    }
 }

@@ -38,21 +38,26 @@ impl StoreError {
     }
 }
 
+/// Transient unless the error is about the statement or the data itself: while the database is
+/// down, restarting, refusing connections or short of resources, work must wait, not fail (a
+/// valid event is never dead-lettered because PostgreSQL was unavailable).
 fn is_transient(e: &sqlx::Error) -> bool {
     match e {
+        sqlx::Error::Database(db) => db.code().is_none_or(|code| {
+            // 22: data exception, 23: integrity constraint, 42: syntax or access rule,
+            // P0: raised by PL/pgSQL. Everything else (08 connection, 28 authorization,
+            // 3D no such database, 40 rollback, 53 resources, 55 not accepting connections,
+            // 57 operator intervention, 58 system, XX internal) can clear up by itself.
+            !["22", "23", "42", "P0"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
         sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception, 40: rollback (serialization, deadlock), 53: insufficient
-            // resources, 57P: operator intervention (admin shutdown, crash recovery).
-            code.starts_with("08")
-                || code.starts_with("40")
-                || code.starts_with("53")
-                || code.starts_with("57P")
-        }),
+        | sqlx::Error::WorkerCrashed => true,
         _ => false,
     }
 }

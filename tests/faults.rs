@@ -1,0 +1,122 @@
+//! Dependency faults that one test can cause without disturbing the others: tagcast's broker
+//! connection is closed by the broker; its database refuses connections for a while.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::receiver::Receiver;
+use common::{PG_ADMIN, SECOND, TestApp, Trigger, event};
+use sqlx::{Connection as _, PgConnection};
+
+async fn wait_ready(app: &TestApp, ready: bool, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while (app.get("/readyz").await.0 == 200) != ready {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz did not become {} within {timeout:?}",
+            if ready { "ready" } else { "not ready" }
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn close_broker_connection(prefix: &str) -> bool {
+    let out = Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "-q"])
+        .output()
+        .expect("rabbitmqctl");
+    let list = String::from_utf8_lossy(&out.stdout);
+    let mut closed = false;
+    for line in list
+        .lines()
+        .filter(|l| l.contains(&format!("tagcast {prefix}")))
+    {
+        let pid = line.split_whitespace().next().unwrap();
+        closed |= Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "test closes it"])
+            .status()
+            .is_ok_and(|s| s.success());
+    }
+    closed
+}
+
+#[tokio::test]
+async fn a_lost_broker_connection_is_reestablished() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    app.insert_webhook("a", &receiver.url("/"), Trigger::All)
+        .await;
+    app.publish_event(&event("latest")).await;
+    assert_eq!(app.next_status(10 * SECOND).await["status"], "succeeded");
+
+    assert!(
+        close_broker_connection(&app.settings.queue_prefix),
+        "found tagcast's connection"
+    );
+    wait_ready(&app, false, 5 * SECOND).await;
+    wait_ready(&app, true, 15 * SECOND).await;
+    app.publish_event(&event("latest")).await;
+    assert_eq!(app.next_status(10 * SECOND).await["status"], "succeeded");
+    assert_eq!(receiver.count(), 2);
+    assert!(app.metric("tagcast_broker_connections_total").await >= 2.0);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn work_waits_while_the_database_is_unreachable_and_resumes_after() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    app.insert_webhook("a", &receiver.url("/"), Trigger::All)
+        .await;
+    let db = app
+        .settings
+        .database_url
+        .expose()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut admin = PgConnection::connect(PG_ADMIN).await.unwrap();
+    let cut = |allow: bool| {
+        format!(
+            "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS {allow};
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid();"
+        )
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(cut(false)))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    wait_ready(&app, false, 5 * SECOND).await;
+
+    // Published during the outage: held, not dead-lettered, not requeued over and over.
+    let e = event("latest");
+    app.publish_event(&e).await;
+    app.no_status_within(2 * SECOND).await;
+    assert_eq!(receiver.count(), 0);
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(cut(true)))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    wait_ready(&app, true, 10 * SECOND).await;
+    let status = app.next_status(15 * SECOND).await;
+    assert_eq!(
+        (status["status"].as_str(), status["event_id"].as_str()),
+        (Some("succeeded"), e["event_id"].as_str())
+    );
+    assert!(
+        app.queue_messages("events.dead").await.is_empty(),
+        "nothing was dead-lettered"
+    );
+    assert_eq!(
+        app.metric(r#"tagcast_messages_redelivered_total{stage="events"}"#)
+            .await,
+        0.0,
+        "held, not requeued"
+    );
+    assert!(app.metric("tagcast_database_retries_total").await >= 1.0);
+    app.teardown().await;
+}
