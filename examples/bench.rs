@@ -27,13 +27,29 @@ struct Args {
     runs: usize,
     rate_seconds: u64,
     binary: String,
+    /// Run one measure only: raw, drain1, drain10 or latency (for profiling).
+    only: Option<String>,
 }
 
 fn args() -> Args {
-    let mut a = Args { events: 20_000, runs: 3, rate_seconds: 10, binary: std::env::var("TAGCAST_BIN").unwrap_or_else(|_| "target/release/tagcast".into()) };
+    let mut a = Args {
+        events: 20_000,
+        runs: 3,
+        rate_seconds: 10,
+        binary: std::env::var("TAGCAST_BIN").unwrap_or_else(|_| "target/release/tagcast".into()),
+        only: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut value = || it.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("{arg} needs a number"));
+        if arg == "--only" {
+            a.only = it.next();
+            continue;
+        }
+        let mut value = || {
+            it.next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{arg} needs a number"))
+        };
         match arg.as_str() {
             "--events" => a.events = value() as usize,
             "--runs" => a.runs = value() as usize,
@@ -59,7 +75,10 @@ fn percentile(v: &mut [u64], p: f64) -> f64 {
 
 /// Requests per second the receiver answers, from 64 concurrent keep-alive clients.
 async fn receiver_capacity(receiver: &CountingReceiver, requests: usize) -> f64 {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
     let url = format!("http://{}/capacity", receiver.addr);
     let started = Instant::now();
     let per_task = requests / 64;
@@ -68,7 +87,13 @@ async fn receiver_capacity(receiver: &CountingReceiver, requests: usize) -> f64 
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
                 for _ in 0..per_task {
-                    let _ = client.post(&url).header("webhook-id", "capacity").body("{}").send().await.map(|r| r.bytes());
+                    let _ = client
+                        .post(&url)
+                        .header("webhook-id", "capacity")
+                        .body("{}")
+                        .send()
+                        .await
+                        .map(|r| r.bytes());
                 }
             })
         })
@@ -83,28 +108,72 @@ async fn receiver_capacity(receiver: &CountingReceiver, requests: usize) -> f64 
 async fn raw_ceiling(receiver: &CountingReceiver, messages: usize) -> f64 {
     let env = Env::create("raw").await;
     sqlx::query("CREATE TABLE raw_records (id uuid PRIMARY KEY, status int, body text, at timestamptz DEFAULT now())").execute(&env.pg).await.unwrap();
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(&env.database_url()).await.unwrap();
-    let conn = Connection::connect(support::AMQP, ConnectionProperties::default()).await.unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&env.database_url())
+        .await
+        .unwrap();
+    let conn = Connection::connect(support::AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let queue = format!("{}.raw", env.prefix);
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
-    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     for chunk in (0..messages).collect::<Vec<_>>().chunks(500) {
         let mut pending = Vec::new();
         for _ in chunk {
             let body = event_body(&Uuid::new_v4().to_string());
-            pending.push(ch.basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, BasicProperties::default().with_delivery_mode(2)).await.unwrap());
+            pending.push(
+                ch.basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap(),
+            );
         }
         for p in pending {
             p.await.unwrap();
         }
     }
     let consume = conn.create_channel().await.unwrap();
-    consume.basic_qos(512, BasicQosOptions::default()).await.unwrap();
-    let mut consumer = consume.basic_consume(queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
-    let client = reqwest::Client::builder().pool_max_idle_per_host(512).build().unwrap();
+    consume
+        .basic_qos(512, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = consume
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .unwrap();
     let url = format!("http://{}/raw", receiver.addr);
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
@@ -113,11 +182,27 @@ async fn raw_ceiling(receiver: &CountingReceiver, messages: usize) -> f64 {
         let delivery = consumer.next().await.unwrap().unwrap();
         let (client, url, pool, done) = (client.clone(), url.clone(), pool.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
-            let response = client.post(&url).header("webhook-id", "raw").body(delivery.data.clone()).send().await.unwrap();
+            let response = client
+                .post(&url)
+                .header("webhook-id", "raw")
+                .body(delivery.data.clone())
+                .send()
+                .await
+                .unwrap();
             let status = response.status().as_u16() as i32;
             let _ = response.bytes().await;
-            sqlx::query("INSERT INTO raw_records (id, status, body) VALUES ($1, $2, $3)").bind(Uuid::new_v4()).bind(status).bind(String::from_utf8_lossy(&delivery.data).into_owned()).execute(&pool).await.unwrap();
-            delivery.acker.ack(BasicAckOptions::default()).await.unwrap();
+            sqlx::query("INSERT INTO raw_records (id, status, body) VALUES ($1, $2, $3)")
+                .bind(Uuid::new_v4())
+                .bind(status)
+                .bind(String::from_utf8_lossy(&delivery.data).into_owned())
+                .execute(&pool)
+                .await
+                .unwrap();
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
             done.fetch_add(1, Ordering::Relaxed);
         }));
     }
@@ -137,9 +222,22 @@ fn process_usage(pid: u32) -> (f64, u64) {
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = 100.0; // USER_HZ on Linux
-    let cpu = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / ticks + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / ticks;
+    let cpu = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / ticks
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / ticks;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0);
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0);
     (cpu, hwm)
 }
 
@@ -162,7 +260,9 @@ async fn drain(binary: &str, events: usize, fanout: usize) -> Drain {
     let mut publisher = EventPublisher::new(env.events_exchange());
     let ids: Vec<String> = (0..events).map(|_| Uuid::new_v4().to_string()).collect();
     for chunk in ids.chunks(500) {
-        publisher.publish_batch(&chunk.iter().map(|id| event_body(id)).collect::<Vec<_>>()).await;
+        publisher
+            .publish_batch(&chunk.iter().map(|id| event_body(id)).collect::<Vec<_>>())
+            .await;
     }
     let expected = events * fanout;
     let mut worker = Worker::spawn(&env, binary);
@@ -170,18 +270,29 @@ async fn drain(binary: &str, events: usize, fanout: usize) -> Drain {
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if receiver.seen.lock().unwrap().ids.len() >= expected {
-            let succeeded: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'succeeded'").fetch_one(&env.pg).await.unwrap();
+            let succeeded: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'succeeded'")
+                    .fetch_one(&env.pg)
+                    .await
+                    .unwrap();
             if succeeded as usize >= expected {
                 break;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "drain did not finish");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "drain did not finish"
+        );
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu, rss) = process_usage(worker.child.id());
     worker.terminate(Duration::from_secs(30));
     env.destroy().await;
-    Drain { per_second: expected as f64 / elapsed, cpu_per_1000: cpu / expected as f64 * 1000.0, peak_rss_kib: rss }
+    Drain {
+        per_second: expected as f64 / elapsed,
+        cpu_per_1000: cpu / expected as f64 * 1000.0,
+        peak_rss_kib: rss,
+    }
 }
 
 /// Offers `rate` events per second (fan-out 1) for `seconds`; returns p50 and p99 in ms from the
@@ -200,7 +311,9 @@ async fn latency(binary: &str, rate: u64, seconds: u64) -> (f64, f64) {
     let mut sent = 0u64;
     while sent < total {
         tick.tick().await;
-        let bodies: Vec<Vec<u8>> = (0..per_tick).map(|_| event_body(&Uuid::new_v4().to_string())).collect();
+        let bodies: Vec<Vec<u8>> = (0..per_tick)
+            .map(|_| event_body(&Uuid::new_v4().to_string()))
+            .collect();
         publisher.publish_batch(&bodies).await;
         sent += per_tick as u64;
     }
@@ -214,7 +327,10 @@ async fn latency(binary: &str, rate: u64, seconds: u64) -> (f64, f64) {
     let skip = (rate as usize).min(lat.len());
     let mut steady: Vec<u64> = lat.drain(skip..).collect();
     env.destroy().await;
-    (percentile(&mut steady, 0.5) / 1000.0, percentile(&mut steady, 0.99) / 1000.0)
+    (
+        percentile(&mut steady, 0.5) / 1000.0,
+        percentile(&mut steady, 0.99) / 1000.0,
+    )
 }
 
 /// Nanoseconds per trigger evaluation, for each kind of rule.
@@ -223,11 +339,31 @@ fn trigger_micro() -> Vec<(&'static str, f64)> {
     let tags: Vec<String> = (0..10).map(|i| format!("release-{i}")).collect();
     let rules = [
         ("all", Trigger::from_row("all", None, None).unwrap()),
-        ("expression release-v.*", Trigger::from_row("expression", Some("release-v.*"), None).unwrap()),
-        ("expression ^(v[0-9]+\\.){2}[0-9]+(-rc[0-9]+)?$", Trigger::from_row("expression", Some(r"(v[0-9]+\.){2}[0-9]+(-rc[0-9]+)?"), None).unwrap()),
-        ("tags (10, miss)", Trigger::from_row("tags", None, Some(&tags)).unwrap()),
+        (
+            "expression release-v.*",
+            Trigger::from_row("expression", Some("release-v.*"), None).unwrap(),
+        ),
+        (
+            "expression ^(v[0-9]+\\.){2}[0-9]+(-rc[0-9]+)?$",
+            Trigger::from_row(
+                "expression",
+                Some(r"(v[0-9]+\.){2}[0-9]+(-rc[0-9]+)?"),
+                None,
+            )
+            .unwrap(),
+        ),
+        (
+            "tags (10, miss)",
+            Trigger::from_row("tags", None, Some(&tags)).unwrap(),
+        ),
     ];
-    let inputs = ["release-v1.2.3", "prerelease-v1", "latest", "v1.2.3-rc1", "release-9"];
+    let inputs = [
+        "release-v1.2.3",
+        "prerelease-v1",
+        "latest",
+        "v1.2.3-rc1",
+        "release-9",
+    ];
     rules
         .into_iter()
         .map(|(name, rule)| {
@@ -238,7 +374,10 @@ fn trigger_micro() -> Vec<(&'static str, f64)> {
                 fired += usize::from(rule.fires(std::hint::black_box(inputs[i % inputs.len()])));
             }
             std::hint::black_box(fired);
-            (name, started.elapsed().as_nanos() as f64 / iterations as f64)
+            (
+                name,
+                started.elapsed().as_nanos() as f64 / iterations as f64,
+            )
         })
         .collect()
 }
@@ -246,14 +385,47 @@ fn trigger_micro() -> Vec<(&'static str, f64)> {
 #[tokio::main]
 async fn main() {
     let a = args();
-    println!("tagcast benchmark: {} events per drain, medians of {} runs", a.events, a.runs);
+    println!(
+        "tagcast benchmark: {} events per drain, medians of {} runs",
+        a.events, a.runs
+    );
 
     for (name, ns) in trigger_micro() {
         println!("trigger evaluation {name:<48} {ns:>8.1} ns/webhook");
     }
 
     let receiver = CountingReceiver::start().await;
-    let capacity = median(futures_util::future::join_all((0..1).map(|_| receiver_capacity(&receiver, 40_000))).await);
+    match a.only.as_deref() {
+        Some("raw") => {
+            return println!(
+                "raw ceiling {:.0}/s",
+                raw_ceiling(&receiver, a.events).await
+            );
+        }
+        Some("drain1") => {
+            return println!(
+                "fan-out 1 {:.0}/s",
+                drain(&a.binary, a.events, 1).await.per_second
+            );
+        }
+        Some("drain10") => {
+            return println!(
+                "fan-out 10 {:.0}/s",
+                drain(&a.binary, a.events / 10, 10).await.per_second
+            );
+        }
+        Some("latency") => {
+            return println!(
+                "p50/p99 {:?} ms",
+                latency(&a.binary, 1000, a.rate_seconds).await
+            );
+        }
+        Some(other) => panic!("unknown measure {other}"),
+        None => {}
+    }
+    let capacity = median(
+        futures_util::future::join_all((0..1).map(|_| receiver_capacity(&receiver, 40_000))).await,
+    );
     println!("receiver capacity                                   {capacity:>8.0} requests/s");
 
     let mut raw = Vec::new();
@@ -268,7 +440,11 @@ async fn main() {
         p99s.push(p99);
         println!(
             "run {run}: raw {:.0}/s, fan-out 1 {:.0}/s, fan-out 10 {:.0}/s, p50 {:.1} ms, p99 {:.1} ms",
-            raw[run - 1], d1[run - 1].per_second, d10[run - 1].per_second, p50, p99
+            raw[run - 1],
+            d1[run - 1].per_second,
+            d10[run - 1].per_second,
+            p50,
+            p99
         );
     }
     let raw_m = median(raw);
@@ -276,15 +452,30 @@ async fn main() {
     let f10 = median(d10.iter().map(|d| d.per_second).collect());
     let cpu1 = median(d1.iter().map(|d| d.cpu_per_1000).collect());
     let cpu10 = median(d10.iter().map(|d| d.cpu_per_1000).collect());
-    let rss = d1.iter().chain(&d10).map(|d| d.peak_rss_kib).max().unwrap_or(0);
+    let rss = d1
+        .iter()
+        .chain(&d10)
+        .map(|d| d.peak_rss_kib)
+        .max()
+        .unwrap_or(0);
     println!();
     println!("| measure | median |");
     println!("|---|---|");
     println!("| receiver capacity | {capacity:.0} requests/s |");
     println!("| raw ceiling (consume → POST → INSERT → ack) | {raw_m:.0} deliveries/s |");
-    println!("| tagcast, fan-out 1 | {f1:.0} deliveries/s ({:.2} of raw) |", f1 / raw_m);
-    println!("| tagcast, fan-out 10 | {f10:.0} deliveries/s ({:.2} of raw) |", f10 / raw_m);
+    println!(
+        "| tagcast, fan-out 1 | {f1:.0} deliveries/s ({:.2} of raw) |",
+        f1 / raw_m
+    );
+    println!(
+        "| tagcast, fan-out 10 | {f10:.0} deliveries/s ({:.2} of raw) |",
+        f10 / raw_m
+    );
     println!("| CPU per 1,000 deliveries, fan-out 1 / 10 | {cpu1:.3} s / {cpu10:.3} s |");
     println!("| peak RSS of tagcast | {:.1} MiB |", rss as f64 / 1024.0);
-    println!("| p50 / p99 at 1,000 events/s offered | {:.1} ms / {:.1} ms |", median(p50s), median(p99s));
+    println!(
+        "| p50 / p99 at 1,000 events/s offered | {:.1} ms / {:.1} ms |",
+        median(p50s),
+        median(p99s)
+    );
 }

@@ -23,15 +23,18 @@ use tokio_util::task::TaskTracker;
 
 use crate::amqp::{Publisher, Topology};
 use crate::config::Settings;
+use crate::delivery::gate::EndpointGate;
 use crate::delivery::{self, ClientSettings, RetryPolicy, WebhookClient, guard::AddressPolicy};
 use crate::http::{self, Health};
 use crate::metrics::{Metrics, QueueLabel, Stage};
 use crate::pipeline;
-use crate::store::{self, StoreError, WebhookCache};
+use crate::store::{self, Recorder, StoreError, WebhookCache};
 
 /// What every handler needs. Shared by reference count; everything inside is cheap to clone.
 pub struct Context {
     pub pool: PgPool,
+    pub recorder: Recorder,
+    pub gate: Arc<EndpointGate>,
     pub cache: WebhookCache,
     pub metrics: Metrics,
     pub client: WebhookClient,
@@ -120,8 +123,13 @@ impl App {
         let hard_stop = CancellationToken::new();
         let health = Health::default();
         let cache = WebhookCache::new(self.pool.clone());
+        let lease = self.settings.http_connect_timeout
+            + self.settings.http_timeout
+            + Duration::from_secs(5);
         let ctx = Arc::new(Context {
             pool: self.pool.clone(),
+            recorder: Recorder::spawn(self.pool.clone(), lease),
+            gate: Arc::default(),
             cache: cache.clone(),
             metrics: self.metrics.clone(),
             client: self.client.clone(),

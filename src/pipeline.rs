@@ -1,19 +1,24 @@
 //! The event stage: one `build.completed` event. Load the repository's webhooks, decide each
-//! trigger, record every decision, hand the deliveries to the delivery queue and publish the
-//! status of those that end here; acknowledge only when all of it is durable.
+//! trigger, record every decision (group-committed with other events), make the first attempt
+//! of each healthy webhook right here, hand the others to the delivery queue, and publish every
+//! status; acknowledge only when all of it is durable.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::Utc;
+use futures_util::future::join_all;
 use tracing::Instrument as _;
 
 use crate::amqp::{Job, Publisher};
 use crate::app::{Context, Settle};
-use crate::delivery::{publish_status, settle_after};
+use crate::delivery::gate::Pass;
+use crate::delivery::{Target, attempt, publish_status, settle_after};
 use crate::events::{self, BuildEvent, Decoded};
 use crate::metrics::{EventResult, Stage};
 use crate::payload;
-use crate::store::{self, Decision, DeliveryStatus, Webhook};
+use crate::store::{self, Decision, DeliveryStatus, EventDecisions, Webhook, delivery_id};
 
 /// Handles one message of the events queue.
 pub async fn handle_event(ctx: Arc<Context>, publisher: Publisher, body: Vec<u8>) -> Settle {
@@ -33,10 +38,10 @@ pub async fn handle_event(ctx: Arc<Context>, publisher: Publisher, body: Vec<u8>
     };
     ctx.metrics.event(EventResult::Accepted);
     let span = tracing::info_span!("event", event_id = %event.event_id);
-    fan_out(&ctx, &publisher, &event).instrument(span).await
+    fan_out(&ctx, &publisher, event).instrument(span).await
 }
 
-async fn fan_out(ctx: &Context, publisher: &Publisher, event: &BuildEvent) -> Settle {
+async fn fan_out(ctx: &Context, publisher: &Publisher, event: BuildEvent) -> Settle {
     let repo = &event.repository;
     let webhooks = store::with_retries(
         &ctx.hard_stop,
@@ -55,15 +60,33 @@ async fn fan_out(ctx: &Context, publisher: &Publisher, event: &BuildEvent) -> Se
     if webhooks.is_empty() {
         return Settle::Ack;
     }
+
+    // Decide, and take an inline pass for each webhook that fires and is healthy.
+    let now = Instant::now();
+    let mut passes: HashMap<i64, Pass> = HashMap::new();
     let decisions: Vec<Decision> = webhooks
         .iter()
-        .map(|w| decide(ctx, w, &event.tag))
+        .map(|w| {
+            let mut d = decide(ctx, w, &event);
+            if d.status == DeliveryStatus::Pending
+                && let Some(pass) = ctx.gate.try_inline(w.id, now)
+            {
+                passes.insert(w.id, pass);
+                d.claim_first_attempt = true;
+            }
+            d
+        })
         .collect();
-    let body = payload::render(event);
+    let body: Arc<str> = payload::render(&event).into();
+    let submitted = EventDecisions {
+        event: Arc::new(event),
+        body: body.clone(),
+        decisions,
+    };
     let recorded = store::with_retries(
         &ctx.hard_stop,
         |e| ctx.database_retry(e),
-        || store::deliveries::record_decisions(&ctx.pool, event, &body, &decisions),
+        || ctx.recorder.decisions(submitted.clone()),
     )
     .await;
     let recorded = match recorded {
@@ -77,9 +100,16 @@ async fn fan_out(ctx: &Context, publisher: &Publisher, event: &BuildEvent) -> Se
 
     let now_ms = Utc::now().timestamp_millis();
     let mut pending = Vec::with_capacity(recorded.len());
-    for (record, fresh) in &recorded {
+    let mut inline = Vec::new();
+    for (record, fresh) in recorded {
         let published = match record.status {
-            // Fresh, or left unfinished by an earlier try: the next attempt is due (again).
+            // Claimed with the insert: attempt it here, now.
+            DeliveryStatus::Pending if fresh && passes.contains_key(&record.webhook_id) => {
+                let pass = passes.remove(&record.webhook_id);
+                inline.push((record, pass));
+                continue;
+            }
+            // Handed off, or left unfinished by an earlier try: the next attempt is due (again).
             // A duplicate job is harmless: attempts are claimed in the database.
             DeliveryStatus::Pending | DeliveryStatus::Retrying => {
                 let job = Job {
@@ -92,11 +122,11 @@ async fn fan_out(ctx: &Context, publisher: &Publisher, event: &BuildEvent) -> Se
                 publisher.job(&job, now_ms).await.map(|p| vec![p])
             }
             DeliveryStatus::NotTriggered | DeliveryStatus::Succeeded | DeliveryStatus::Failed => {
-                if *fresh && record.status == DeliveryStatus::Failed {
+                if fresh && record.status == DeliveryStatus::Failed {
                     ctx.metrics.completed(false);
                     tracing::warn!(delivery_id = %record.id, webhook_id = record.webhook_id, error = record.error.as_deref(), "webhook row cannot be used");
                 }
-                publish_status(publisher, record).await
+                publish_status(publisher, &record).await
             }
         };
         match published {
@@ -104,16 +134,38 @@ async fn fan_out(ctx: &Context, publisher: &Publisher, event: &BuildEvent) -> Se
             Err(e) => return settle_after(ctx, Err(e)).await,
         }
     }
-    tracing::debug!(webhooks = recorded.len(), "event fanned out");
+
+    // The inline first attempts, all at once; the webhooks' rows give URL and secret.
+    let attempts = inline.into_iter().map(|(record, pass)| {
+        let webhook = webhooks.iter().find(|w| w.id == record.webhook_id).cloned();
+        let body = body.clone();
+        async move {
+            let Some(webhook) = webhook else {
+                return Ok(Vec::new());
+            };
+            let target = Target {
+                url: &webhook.url,
+                secret: webhook.secret.as_deref(),
+                body: &body,
+            };
+            attempt(ctx, publisher, record, target, 1, pass).await
+        }
+    });
+    for result in join_all(attempts).await {
+        match result {
+            Ok(p) => pending.extend(p),
+            Err(settle) => return settle,
+        }
+    }
     settle_after(ctx, Ok(pending)).await
 }
 
-fn decide(ctx: &Context, webhook: &Webhook, tag: &str) -> Decision {
+fn decide(ctx: &Context, webhook: &Webhook, event: &BuildEvent) -> Decision {
     let (status, error) = match (&webhook.trigger, &webhook.secret_error) {
         (Err(e), _) => (DeliveryStatus::Failed, Some(e.to_string())),
         (Ok(_), Some(e)) => (DeliveryStatus::Failed, Some(e.to_string())),
         (Ok(trigger), None) => {
-            let fired = trigger.fires(tag);
+            let fired = trigger.fires(&event.tag);
             ctx.metrics.trigger_evaluated(trigger.kind(), fired);
             (
                 if fired {
@@ -126,8 +178,10 @@ fn decide(ctx: &Context, webhook: &Webhook, tag: &str) -> Decision {
         }
     };
     Decision {
+        id: delivery_id(&event.event_id, webhook.id),
         webhook_id: webhook.id,
         status,
         error,
+        claim_first_attempt: false,
     }
 }

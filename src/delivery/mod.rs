@@ -2,6 +2,7 @@
 //! event, schedule the next attempt if one is due, then acknowledge.
 
 mod client;
+pub mod gate;
 pub mod guard;
 pub mod retry;
 
@@ -85,33 +86,66 @@ async fn run_job(ctx: &Context, publisher: &Publisher, job: Job) -> Settle {
             return Settle::Requeue;
         }
     };
-    attempt(ctx, publisher, *claimed, job).await
+    let claimed = *claimed;
+    let target = Target {
+        url: &claimed.url,
+        secret: claimed.secret.as_deref(),
+        body: claimed.request_body.as_deref().unwrap_or_default(),
+    };
+    match attempt(
+        ctx,
+        publisher,
+        claimed.record.clone(),
+        target,
+        job.attempt,
+        None,
+    )
+    .await
+    {
+        Ok(pending) => settle_after(ctx, Ok(pending)).await,
+        Err(settle) => settle,
+    }
 }
 
-async fn attempt(
+/// What one attempt needs besides its delivery record.
+pub(crate) struct Target<'a> {
+    pub url: &'a str,
+    pub secret: Option<&'a str>,
+    pub body: &'a str,
+}
+
+/// Makes attempt `n` of a claimed delivery, records it, and publishes its status event and, for
+/// a retry, the next job. Returns the publishes to wait for, or how to settle the message when it
+/// cannot go on. `pass` is set for an attempt the event stage makes inline.
+pub(crate) async fn attempt(
     ctx: &Context,
     publisher: &Publisher,
-    claimed: store::ClaimedDelivery,
-    job: Job,
-) -> Settle {
-    let mut record = claimed.record;
-    let body = claimed.request_body.unwrap_or_default();
-    let report = {
-        ctx.metrics.in_flight.inc();
-        let report = ctx
-            .client
-            .send(
-                &claimed.url,
-                claimed.secret.as_deref(),
-                &body,
-                &record.id.to_string(),
-            )
-            .await;
-        ctx.metrics.in_flight.dec();
-        report
-    };
+    mut record: DeliveryRecord,
+    target: Target<'_>,
+    n: i32,
+    pass: Option<gate::Pass>,
+) -> Result<Vec<Pending>, Settle> {
+    ctx.metrics.in_flight.inc();
+    let report = ctx
+        .client
+        .send(
+            target.url,
+            target.secret,
+            target.body,
+            &record.id.to_string(),
+        )
+        .await;
+    ctx.metrics.in_flight.dec();
     ctx.metrics
         .attempt(report.label(), report.duration.as_secs_f64());
+    if let Some(pass) = &pass {
+        let unreachable = matches!(
+            report.outcome,
+            retry::AttemptOutcome::Timeout | retry::AttemptOutcome::Connect
+        );
+        pass.report(report.duration, unreachable);
+    }
+    drop(pass);
 
     let (status, next_attempt_at) = match classify(&report.outcome) {
         Verdict::Succeeded => (DeliveryStatus::Succeeded, None),
@@ -119,7 +153,7 @@ async fn attempt(
         Verdict::Retry { hint } => {
             match ctx
                 .retry
-                .delay_after(job.attempt as u32, hint, fastrand::f64())
+                .delay_after(n.unsigned_abs(), hint, fastrand::f64())
             {
                 Some(delay) => (
                     DeliveryStatus::Retrying,
@@ -131,38 +165,38 @@ async fn attempt(
     };
     let http_status = report.http_status().map(i32::from);
     let duration_ms = i32::try_from(report.duration.as_millis()).unwrap_or(i32::MAX);
-    tracing::info!(
-        url = %redact_url(&claimed.url), http_status, error = report.error, duration_ms,
-        status = status.as_str(), "delivery attempt"
+    tracing::debug!(
+        delivery_id = %record.id, attempt = n, url = %redact_url(target.url), http_status,
+        error = report.error, duration_ms, status = status.as_str(), "delivery attempt"
     );
     let new = NewAttempt {
-        attempt: job.attempt,
+        attempt: n,
         started_at: report.started_at,
         duration_ms,
         http_status,
         error: report.error.map(str::to_owned),
-        response_body: report.response_body.clone(),
+        response_body: report.response_body,
         status,
         next_attempt_at,
     };
     let recorded = store::with_retries(
         &ctx.hard_stop,
         |e| ctx.database_retry(e),
-        || store::deliveries::record_attempt(&ctx.pool, record.id, &new),
+        || ctx.recorder.attempt(record.id, new.clone()),
     )
     .await;
     match recorded {
         Ok(true) => {}
         Ok(false) => {
-            tracing::info!("attempt already recorded by another worker");
-            return Settle::Ack;
+            tracing::info!(delivery_id = %record.id, "attempt already recorded by another worker");
+            return Ok(Vec::new());
         }
-        // The receiver may have the notification, but nothing says so: leave the job for a
+        // The receiver may have the notification, but nothing says so: leave the message for a
         // redelivery, which sends it again with the same webhook-id.
-        Err(store::StoreError::Cancelled) => return Settle::Abandon,
+        Err(store::StoreError::Cancelled) => return Err(Settle::Abandon),
         Err(e) => {
-            tracing::error!(error = %e, "cannot record attempt");
-            return Settle::Requeue;
+            tracing::error!(delivery_id = %record.id, error = %e, "cannot record attempt");
+            return Err(Settle::Requeue);
         }
     }
 
@@ -179,26 +213,29 @@ async fn attempt(
         DeliveryStatus::Pending | DeliveryStatus::NotTriggered => {}
     }
     record.status = status;
-    record.attempts = job.attempt;
+    record.attempts = n;
     record.http_status = http_status;
     record.error = new.error;
     record.duration_ms = Some(duration_ms);
     record.next_attempt_at = next_attempt_at;
 
-    let mut pending = match publish_status(publisher, &record).await {
-        Ok(p) => p,
-        Err(e) => return settle_after(ctx, Err(e)).await,
-    };
+    let mut pending = publish_status(publisher, &record)
+        .await
+        .map_err(|e| failed_publish(ctx, &e))?;
     if status == DeliveryStatus::Retrying {
-        match publisher
+        let next = publisher
             .job(&next_job(&record), Utc::now().timestamp_millis())
             .await
-        {
-            Ok(p) => pending.push(p),
-            Err(e) => return settle_after(ctx, Err(e)).await,
-        }
+            .map_err(|e| failed_publish(ctx, &e))?;
+        pending.push(next);
     }
-    settle_after(ctx, Ok(pending)).await
+    Ok(pending)
+}
+
+fn failed_publish(ctx: &Context, e: &crate::amqp::AmqpError) -> Settle {
+    ctx.metrics.status_publish_failures.inc();
+    tracing::warn!(error = %e, "publish failed; message will be redelivered");
+    Settle::Requeue
 }
 
 fn next_job(record: &DeliveryRecord) -> Job {

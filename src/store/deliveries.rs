@@ -1,6 +1,7 @@
 //! Access records (SPEC section 6): one `deliveries` row per (event, webhook) considered, one
 //! `delivery_attempts` row per HTTP attempt. Statuses are mapped to SQL text here and only here.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -85,10 +86,146 @@ macro_rules! record_columns {
 /// What the event stage decided for one webhook.
 #[derive(Debug, Clone)]
 pub struct Decision {
+    /// The delivery's id, derived from (event, webhook): the same on every redelivery of the
+    /// event, so a repeat after a crash reaches the receiver with the same `webhook-id`.
+    pub id: Uuid,
     pub webhook_id: i64,
     /// `Pending` (fires), `NotTriggered`, or `Failed` (the row's rule cannot be used).
     pub status: DeliveryStatus,
     pub error: Option<String>,
+    /// The event stage makes the first attempt itself: claim it with the insert.
+    pub claim_first_attempt: bool,
+}
+
+/// The id of the delivery of `event_id` to `webhook_id`: a version 8 UUID made of SHA-256 of both.
+pub fn delivery_id(event_id: &str, webhook_id: i64) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(event_id.as_bytes());
+    hash.update([0]);
+    hash.update(webhook_id.to_be_bytes());
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::new_v8(bytes)
+}
+
+/// One event's decisions, as submitted to the batch writer.
+#[derive(Debug, Clone)]
+pub struct EventDecisions {
+    pub event: Arc<BuildEvent>,
+    pub body: Arc<str>,
+    pub decisions: Vec<Decision>,
+}
+
+/// Records the decisions of many events in one statement. For each event, in order: every
+/// delivery of it among those webhooks, with `true` when this call created it; rows that
+/// already existed (the event was delivered before) come back as they are, so the caller
+/// finishes their work. A webhook deleted meanwhile simply gets no row.
+pub async fn record_decisions(
+    pool: &PgPool,
+    lease: Duration,
+    batch: Vec<EventDecisions>,
+) -> Result<Vec<Vec<(DeliveryRecord, bool)>>, StoreError> {
+    const SQL: &str = concat!(
+        "WITH ins AS (
+            INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status,
+                                    error, request_body, occurred_at, lease_until, updated_at)
+            SELECT u.id, u.event_id, u.webhook_id, u.namespace, u.repository, u.tag, u.digest, u.status, u.error,
+                   CASE WHEN u.status = 'pending' THEN u.body END, u.occurred_at,
+                   CASE WHEN u.claim THEN now() + make_interval(secs => $13) END, now()
+              FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
+                          $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::bool[])
+                   AS u(id, event_id, webhook_id, namespace, repository, tag, digest, status, error, body, occurred_at, claim)
+              JOIN webhooks w ON w.id = u.webhook_id
+            ON CONFLICT (event_id, webhook_id) DO NOTHING
+            RETURNING *
+        )
+        SELECT ", record_columns!(), ", true AS fresh FROM ins d JOIN webhooks w ON w.id = d.webhook_id
+        UNION ALL
+        SELECT ", record_columns!(), ", false AS fresh
+          FROM unnest($2::text[], $3::bigint[]) AS k(event_id, webhook_id)
+          JOIN deliveries d ON d.event_id = k.event_id AND d.webhook_id = k.webhook_id
+          JOIN webhooks w ON w.id = d.webhook_id"
+    );
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        record: DeliveryRecord,
+        fresh: bool,
+    }
+    let rows = batch.iter().map(|e| e.decisions.len()).sum();
+    let mut ids = Vec::with_capacity(rows);
+    let mut event_ids = Vec::with_capacity(rows);
+    let mut webhook_ids = Vec::with_capacity(rows);
+    let (mut namespaces, mut repositories, mut tags, mut digests) = (
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+    );
+    let (mut statuses, mut errors, mut bodies, mut occurred, mut claims) = (
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+        Vec::with_capacity(rows),
+    );
+    for e in &batch {
+        for d in &e.decisions {
+            ids.push(d.id);
+            event_ids.push(e.event.event_id.as_str());
+            webhook_ids.push(d.webhook_id);
+            namespaces.push(e.event.repository.namespace.as_str());
+            repositories.push(e.event.repository.name.as_str());
+            tags.push(e.event.tag.as_str());
+            digests.push(e.event.digest.as_str());
+            statuses.push(d.status.as_str());
+            errors.push(d.error.as_deref());
+            bodies.push(&*e.body);
+            occurred.push(e.event.occurred_at.with_timezone(&Utc));
+            claims.push(d.claim_first_attempt);
+        }
+    }
+    let found: Vec<Row> = sqlx::query_as(SQL)
+        .bind(&ids)
+        .bind(&event_ids)
+        .bind(&webhook_ids)
+        .bind(&namespaces)
+        .bind(&repositories)
+        .bind(&tags)
+        .bind(&digests)
+        .bind(&statuses)
+        .bind(&errors)
+        .bind(&bodies)
+        .bind(&occurred)
+        .bind(&claims)
+        .bind(lease.as_secs_f64())
+        .fetch_all(pool)
+        .await?;
+    let mut by_event: std::collections::HashMap<String, Vec<(DeliveryRecord, bool)>> =
+        std::collections::HashMap::new();
+    for row in found {
+        by_event
+            .entry(row.record.event_id.clone())
+            .or_default()
+            .push((row.record, row.fresh));
+    }
+    // An event twice in one batch (the broker redelivered it meanwhile): only the first copy may
+    // treat the rows as its own; the second finishes them as a repeat.
+    let mut out = Vec::with_capacity(batch.len());
+    for e in &batch {
+        match by_event.remove(&e.event.event_id) {
+            Some(rows) => {
+                let repeat: Vec<(DeliveryRecord, bool)> =
+                    rows.iter().map(|(r, _)| (r.clone(), false)).collect();
+                by_event.insert(e.event.event_id.clone(), repeat);
+                out.push(rows);
+            }
+            None => out.push(Vec::new()),
+        }
+    }
+    Ok(out)
 }
 
 /// A delivery claimed for one attempt, with what the attempt needs.
@@ -139,59 +276,6 @@ pub struct NewAttempt {
     pub response_body: Option<String>,
     pub status: DeliveryStatus,
     pub next_attempt_at: Option<DateTime<Utc>>,
-}
-
-/// Records the event stage's decisions in one statement. Returns every delivery of this event
-/// among those webhooks, each with `true` when this call created it; rows that already existed
-/// (the event was delivered before) come back as they are, so the caller finishes their work.
-/// A webhook deleted meanwhile simply gets no row.
-pub async fn record_decisions(
-    pool: &PgPool,
-    event: &BuildEvent,
-    body: &str,
-    decisions: &[Decision],
-) -> Result<Vec<(DeliveryRecord, bool)>, StoreError> {
-    let ids: Vec<Uuid> = decisions.iter().map(|_| Uuid::new_v4()).collect();
-    let webhook_ids: Vec<i64> = decisions.iter().map(|d| d.webhook_id).collect();
-    let statuses: Vec<&str> = decisions.iter().map(|d| d.status.as_str()).collect();
-    let errors: Vec<Option<&str>> = decisions.iter().map(|d| d.error.as_deref()).collect();
-    const SQL: &str = concat!(
-        "WITH ins AS (
-            INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status,
-                                    error, request_body, occurred_at, updated_at)
-            SELECT u.id, $5, u.webhook_id, $6, $7, $8, $9, u.status, u.error,
-                   CASE WHEN u.status = 'pending' THEN $10 END, $11, now()
-              FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[]) AS u(id, webhook_id, status, error)
-              JOIN webhooks w ON w.id = u.webhook_id
-            ON CONFLICT (event_id, webhook_id) DO NOTHING
-            RETURNING *
-        )
-        SELECT ", record_columns!(), ", true AS fresh FROM ins d JOIN webhooks w ON w.id = d.webhook_id
-        UNION ALL
-        SELECT ", record_columns!(), ", false AS fresh FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
-         WHERE d.event_id = $5 AND d.webhook_id = ANY($2)"
-    );
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        #[sqlx(flatten)]
-        record: DeliveryRecord,
-        fresh: bool,
-    }
-    let rows: Vec<Row> = sqlx::query_as(SQL)
-        .bind(&ids)
-        .bind(&webhook_ids)
-        .bind(&statuses)
-        .bind(&errors)
-        .bind(&event.event_id)
-        .bind(&event.repository.namespace)
-        .bind(&event.repository.name)
-        .bind(&event.tag)
-        .bind(&event.digest)
-        .bind(body)
-        .bind(event.occurred_at.with_timezone(&Utc))
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.into_iter().map(|r| (r.record, r.fresh)).collect())
 }
 
 /// Claims attempt `attempt` of a delivery for `lease` (longer than one attempt can take), so
@@ -247,32 +331,55 @@ pub async fn claim(
     })
 }
 
-/// Records an attempt and the delivery's new state in one statement, and releases the claim.
-/// Returns false if the attempt was recorded before (a repeat) or the delivery is gone.
-pub async fn record_attempt(pool: &PgPool, id: Uuid, a: &NewAttempt) -> Result<bool, StoreError> {
-    let result = sqlx::query(
-        "WITH d AS (
-            UPDATE deliveries SET status = $8, attempts = $2, http_status = $5, error = $6,
-                   duration_ms = $4, next_attempt_at = $9, lease_until = NULL, updated_at = now()
-             WHERE id = $1 AND attempts = $2 - 1
-            RETURNING id
+/// Records many attempts, each with its delivery's new state, in one statement, and releases
+/// their claims. For each, in order: false if the attempt was recorded before (a repeat) or the
+/// delivery is gone.
+pub async fn record_attempts(
+    pool: &PgPool,
+    batch: Vec<(Uuid, NewAttempt)>,
+) -> Result<Vec<bool>, StoreError> {
+    const SQL: &str = "WITH u AS (
+            SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int[], $6::text[],
+                                 $7::text[], $8::text[], $9::timestamptz[])
+                AS u(delivery_id, attempt, started_at, duration_ms, http_status, error, response_body, status, next_attempt_at)
+        ), d AS (
+            UPDATE deliveries SET status = u.status, attempts = u.attempt, http_status = u.http_status, error = u.error,
+                   duration_ms = u.duration_ms, next_attempt_at = u.next_attempt_at, lease_until = NULL, updated_at = now()
+              FROM u
+             WHERE deliveries.id = u.delivery_id AND deliveries.attempts = u.attempt - 1
+            RETURNING deliveries.id
         )
         INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status, error, response_body)
-        SELECT id, $2, $3, $4, $5, $6, $7 FROM d
-        ON CONFLICT DO NOTHING",
-    )
-    .bind(id)
-    .bind(a.attempt)
-    .bind(a.started_at)
-    .bind(a.duration_ms)
-    .bind(a.http_status)
-    .bind(a.error.as_deref())
-    .bind(a.response_body.as_deref())
-    .bind(a.status.as_str())
-    .bind(a.next_attempt_at)
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected() == 1)
+        SELECT u.delivery_id, u.attempt, u.started_at, u.duration_ms, u.http_status, u.error, u.response_body
+          FROM u JOIN d ON d.id = u.delivery_id
+        ON CONFLICT DO NOTHING
+        RETURNING delivery_id";
+    let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
+    let attempts: Vec<i32> = batch.iter().map(|(_, a)| a.attempt).collect();
+    let started: Vec<DateTime<Utc>> = batch.iter().map(|(_, a)| a.started_at).collect();
+    let durations: Vec<i32> = batch.iter().map(|(_, a)| a.duration_ms).collect();
+    let http: Vec<Option<i32>> = batch.iter().map(|(_, a)| a.http_status).collect();
+    let errors: Vec<Option<&str>> = batch.iter().map(|(_, a)| a.error.as_deref()).collect();
+    let bodies: Vec<Option<&str>> = batch
+        .iter()
+        .map(|(_, a)| a.response_body.as_deref())
+        .collect();
+    let statuses: Vec<&str> = batch.iter().map(|(_, a)| a.status.as_str()).collect();
+    let next: Vec<Option<DateTime<Utc>>> = batch.iter().map(|(_, a)| a.next_attempt_at).collect();
+    let recorded: Vec<Uuid> = sqlx::query_scalar(SQL)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&started)
+        .bind(&durations)
+        .bind(&http)
+        .bind(&errors)
+        .bind(&bodies)
+        .bind(&statuses)
+        .bind(&next)
+        .fetch_all(pool)
+        .await?;
+    let recorded: std::collections::HashSet<Uuid> = recorded.into_iter().collect();
+    Ok(ids.iter().map(|id| recorded.contains(id)).collect())
 }
 
 #[cfg(test)]
@@ -291,5 +398,16 @@ mod tests {
         assert!(DeliveryStatus::try_from("done".to_owned()).is_err());
         assert!(NotTriggered.is_final() && Succeeded.is_final() && Failed.is_final());
         assert!(!Pending.is_final() && !Retrying.is_final());
+    }
+
+    #[test]
+    fn delivery_ids_are_stable_per_event_and_webhook() {
+        let a = delivery_id("event-1", 42);
+        assert_eq!(a, delivery_id("event-1", 42));
+        assert_ne!(a, delivery_id("event-1", 43));
+        assert_ne!(a, delivery_id("event-2", 42));
+        // The separator keeps ("a", 1) and ("a\0...", ...) apart from concatenation tricks.
+        assert_ne!(delivery_id("1", 1), delivery_id("", 0x3100_0000_0000_0001));
+        assert_eq!(a.get_version_num(), 8);
     }
 }

@@ -1,12 +1,15 @@
 //! All SQL: the migrations, webhook configuration with its live cache, and access records.
 
+mod batch;
 pub mod deliveries;
 mod webhooks;
 
 use std::time::Duration;
 
+pub use batch::Batcher;
 pub use deliveries::{
-    Claim, ClaimedDelivery, Decision, DeliveryRecord, DeliveryStatus, NewAttempt,
+    Claim, ClaimedDelivery, Decision, DeliveryRecord, DeliveryStatus, EventDecisions, NewAttempt,
+    delivery_id,
 };
 pub use webhooks::{Webhook, WebhookCache};
 
@@ -26,6 +29,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stopped while waiting for the database")]
     Cancelled,
+    /// A batch this item was written with failed.
+    #[error("database: {text}")]
+    Batch { transient: bool, text: String },
 }
 
 impl StoreError {
@@ -33,6 +39,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Sqlx(e) => is_transient(e),
+            StoreError::Batch { transient, .. } => *transient,
             StoreError::Migrate(_) | StoreError::Cancelled => false,
         }
     }
@@ -59,6 +66,50 @@ fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         _ => false,
+    }
+}
+
+/// The batched writers of access records. Cheap to clone.
+#[derive(Clone)]
+pub struct Recorder {
+    decisions: Batcher<EventDecisions, Vec<(DeliveryRecord, bool)>>,
+    attempts: Batcher<(uuid::Uuid, NewAttempt), bool>,
+}
+
+/// Rows per statement at most: large enough to amortise a round trip, small enough to keep
+/// one statement short.
+const MAX_BATCH: usize = 512;
+
+impl Recorder {
+    /// Starts the writers. `lease` is how long a first attempt claimed with its insert stays
+    /// claimed.
+    pub fn spawn(pool: PgPool, lease: Duration) -> Recorder {
+        let p = pool.clone();
+        let decisions = Batcher::spawn(MAX_BATCH, move |batch| {
+            let pool = p.clone();
+            async move { deliveries::record_decisions(&pool, lease, batch).await }
+        });
+        let attempts = Batcher::spawn(MAX_BATCH, move |batch| {
+            let pool = pool.clone();
+            async move { deliveries::record_attempts(&pool, batch).await }
+        });
+        Recorder {
+            decisions,
+            attempts,
+        }
+    }
+
+    /// See [`deliveries::record_decisions`].
+    pub async fn decisions(
+        &self,
+        event: EventDecisions,
+    ) -> Result<Vec<(DeliveryRecord, bool)>, StoreError> {
+        self.decisions.submit(event).await
+    }
+
+    /// See [`deliveries::record_attempts`].
+    pub async fn attempt(&self, id: uuid::Uuid, attempt: NewAttempt) -> Result<bool, StoreError> {
+        self.attempts.submit((id, attempt)).await
     }
 }
 

@@ -1,0 +1,118 @@
+//! Group commit: callers submit one item each; a single task writes whatever has queued up as
+//! one statement, so a busy worker pays one round trip for many records.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::StoreError;
+
+type Reply<O> = oneshot::Sender<Result<O, StoreError>>;
+
+/// Batch statements of one writer in flight at once.
+const CONCURRENT_WRITES: usize = 4;
+
+/// Writes one batch and answers its submitters.
+async fn run<I, O, F, Fut>(write: &F, items: Vec<I>, replies: Vec<Reply<O>>)
+where
+    I: Clone,
+    F: Fn(Vec<I>) -> Fut,
+    Fut: Future<Output = Result<Vec<O>, StoreError>>,
+{
+    match write(items.clone()).await {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Err(e) if e.is_transient() || items.len() == 1 => {
+            let transient = e.is_transient();
+            let text = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Batch {
+                    transient,
+                    text: text.clone(),
+                }));
+            }
+        }
+        // Not the database's state but something in the batch: write the items one by one,
+        // so the bad one fails alone.
+        Err(_) => {
+            for (item, reply) in items.into_iter().zip(replies) {
+                let result = write(vec![item])
+                    .await
+                    .and_then(|mut r| r.pop().ok_or(StoreError::Cancelled));
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// Submits items to a batch writer. Cheap to clone.
+pub struct Batcher<I, O> {
+    tx: mpsc::Sender<(I, Reply<O>)>,
+}
+
+impl<I, O> Clone for Batcher<I, O> {
+    fn clone(&self) -> Self {
+        Batcher {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<I, O> Batcher<I, O>
+where
+    I: Clone + Send + 'static,
+    O: Send + 'static,
+{
+    /// Starts the writer. `write` turns a batch into one result per item, in order. When a
+    /// batch fails for a reason that is not transient, its items are written one by one, so one
+    /// bad item fails alone.
+    pub fn spawn<F, Fut>(max_batch: usize, write: F) -> Batcher<I, O>
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<O>, StoreError>> + Send,
+    {
+        let (tx, mut rx) = mpsc::channel::<(I, Reply<O>)>(max_batch * 4);
+        let write = Arc::new(write);
+        // A few statements in flight at once: while one waits for its commit to reach the disk,
+        // the next batch is already being written, and PostgreSQL flushes their WAL together.
+        let in_flight = Arc::new(Semaphore::new(CONCURRENT_WRITES));
+        tokio::spawn(async move {
+            let mut queued = Vec::with_capacity(max_batch);
+            while rx.recv_many(&mut queued, max_batch).await > 0 {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                // More may have queued while waiting for a permit.
+                if queued.len() < max_batch {
+                    while let Ok(item) = rx.try_recv() {
+                        queued.push(item);
+                        if queued.len() == max_batch {
+                            break;
+                        }
+                    }
+                }
+                let (items, replies): (Vec<I>, Vec<Reply<O>>) = queued.drain(..).unzip();
+                let write = write.clone();
+                tokio::spawn(async move {
+                    run(&*write, items, replies).await;
+                    drop(permit);
+                });
+            }
+        });
+        Batcher { tx }
+    }
+
+    /// Writes one item with whatever else is waiting, and returns its result.
+    pub async fn submit(&self, item: I) -> Result<O, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((item, reply))
+            .await
+            .map_err(|_| StoreError::Cancelled)?;
+        answer.await.map_err(|_| StoreError::Cancelled)?
+    }
+}
