@@ -286,6 +286,19 @@ async fn drain(binary: &str, events: usize, fanout: usize) -> Drain {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu, rss) = process_usage(worker.child.id());
+    if std::env::var_os("BENCH_VERBOSE").is_some()
+        && let Ok(r) = reqwest::get(format!("http://127.0.0.1:{}/metrics", env.metrics_port)).await
+    {
+        let text = r.text().await.unwrap_or_default();
+        for line in text.lines().filter(|l| {
+            l.starts_with("tagcast_first_attempts")
+                || l.starts_with("tagcast_database_retries")
+                || l.starts_with("tagcast_messages_redelivered")
+                || l.starts_with("tagcast_delivery_attempts_total")
+        }) {
+            eprintln!("  {line}");
+        }
+    }
     worker.terminate(Duration::from_secs(30));
     env.destroy().await;
     Drain {

@@ -76,6 +76,7 @@ pub struct Metrics {
     pub retries_scheduled: IntCounter,
     dead_lettered: IntCounterVec,
     redelivered: IntCounterVec,
+    first_attempts: IntCounterVec,
     pub broker_connections: IntCounter,
     pub webhook_cache_reloads: IntCounter,
     pub database_retries: IntCounter,
@@ -146,6 +147,12 @@ impl Metrics {
                 "tagcast_messages_redelivered_total",
                 "Messages the broker handed out again (after a crash, a requeue or a lost connection), by stage.",
                 &["stage"],
+            ),
+            first_attempts: counter_vec(
+                r,
+                "tagcast_first_attempts_total",
+                "First attempts, by where they were made: inline in the event stage, or queued for the delivery stage (slow or busy endpoint).",
+                &["path"],
             ),
             broker_connections: counter(
                 r,
@@ -246,6 +253,12 @@ impl Metrics {
     pub fn dead_lettered(&self, stage: Stage) {
         self.dead_lettered
             .with_label_values(&[stage.as_str()])
+            .inc();
+    }
+
+    pub fn first_attempt(&self, inline: bool) {
+        self.first_attempts
+            .with_label_values(&[if inline { "inline" } else { "queued" }])
             .inc();
     }
 

@@ -42,6 +42,7 @@ pub async fn handle_event(ctx: Arc<Context>, publisher: Publisher, body: Vec<u8>
 }
 
 async fn fan_out(ctx: &Context, publisher: &Publisher, event: BuildEvent) -> Settle {
+    tracing::debug!("event received");
     let repo = &event.repository;
     let webhooks = store::with_retries(
         &ctx.hard_stop,
@@ -89,6 +90,7 @@ async fn fan_out(ctx: &Context, publisher: &Publisher, event: BuildEvent) -> Set
         || ctx.recorder.decisions(submitted.clone()),
     )
     .await;
+    tracing::debug!("decisions recorded");
     let recorded = match recorded {
         Ok(r) => r,
         Err(store::StoreError::Cancelled) => return Settle::Abandon,
@@ -105,6 +107,7 @@ async fn fan_out(ctx: &Context, publisher: &Publisher, event: BuildEvent) -> Set
         let published = match record.status {
             // Claimed with the insert: attempt it here, now.
             DeliveryStatus::Pending if fresh && passes.contains_key(&record.webhook_id) => {
+                ctx.metrics.first_attempt(true);
                 let pass = passes.remove(&record.webhook_id);
                 inline.push((record, pass));
                 continue;
@@ -112,6 +115,9 @@ async fn fan_out(ctx: &Context, publisher: &Publisher, event: BuildEvent) -> Set
             // Handed off, or left unfinished by an earlier try: the next attempt is due (again).
             // A duplicate job is harmless: attempts are claimed in the database.
             DeliveryStatus::Pending | DeliveryStatus::Retrying => {
+                if fresh {
+                    ctx.metrics.first_attempt(false);
+                }
                 let job = Job {
                     delivery_id: record.id,
                     attempt: record.attempts + 1,

@@ -138,15 +138,12 @@ pub async fn record_decisions(
                           $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::bool[])
                    AS u(id, event_id, webhook_id, namespace, repository, tag, digest, status, error, body, occurred_at, claim)
               JOIN webhooks w ON w.id = u.webhook_id
-            ON CONFLICT (event_id, webhook_id) DO NOTHING
-            RETURNING *
+            -- A row that exists already (the event came before) is returned as it is: the no-op
+            -- update makes RETURNING include it, and xmax tells the two apart, in one pass.
+            ON CONFLICT (event_id, webhook_id) DO UPDATE SET event_id = EXCLUDED.event_id
+            RETURNING *, (xmax = 0) AS fresh
         )
-        SELECT ", record_columns!(), ", true AS fresh FROM ins d JOIN webhooks w ON w.id = d.webhook_id
-        UNION ALL
-        SELECT ", record_columns!(), ", false AS fresh
-          FROM unnest($2::text[], $3::bigint[]) AS k(event_id, webhook_id)
-          JOIN deliveries d ON d.event_id = k.event_id AND d.webhook_id = k.webhook_id
-          JOIN webhooks w ON w.id = d.webhook_id"
+        SELECT ", record_columns!(), ", d.fresh FROM ins d JOIN webhooks w ON w.id = d.webhook_id"
     );
     #[derive(sqlx::FromRow)]
     struct Row {
