@@ -245,6 +245,28 @@ struct Drain {
     per_second: f64,
     cpu_per_1000: f64,
     peak_rss_kib: u64,
+    /// CPU seconds per 1,000 deliveries of RabbitMQ and of PostgreSQL in the same window.
+    broker_per_1000: f64,
+    database_per_1000: f64,
+}
+
+/// CPU seconds used so far by every process whose command name is `name`.
+fn cpu_of(name: &str) -> f64 {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == name {
+            total += process_usage(pid.parse().unwrap_or(0)).0;
+        }
+    }
+    total
 }
 
 /// Publishes a backlog of `events` events for `fanout` webhooks, then starts tagcast and times
@@ -265,6 +287,7 @@ async fn drain(binary: &str, events: usize, fanout: usize) -> Drain {
             .await;
     }
     let expected = events * fanout;
+    let (broker0, database0) = (cpu_of("beam.smp"), cpu_of("postgres"));
     let mut worker = Worker::spawn(&env, binary);
     let started = Instant::now();
     loop {
@@ -286,6 +309,7 @@ async fn drain(binary: &str, events: usize, fanout: usize) -> Drain {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu, rss) = process_usage(worker.child.id());
+    let (broker, database) = (cpu_of("beam.smp") - broker0, cpu_of("postgres") - database0);
     if std::env::var_os("BENCH_VERBOSE").is_some()
         && let Ok(r) = reqwest::get(format!("http://127.0.0.1:{}/metrics", env.metrics_port)).await
     {
@@ -301,10 +325,13 @@ async fn drain(binary: &str, events: usize, fanout: usize) -> Drain {
     }
     worker.terminate(Duration::from_secs(30));
     env.destroy().await;
+    let per_1000 = |seconds: f64| seconds / expected as f64 * 1000.0;
     Drain {
         per_second: expected as f64 / elapsed,
-        cpu_per_1000: cpu / expected as f64 * 1000.0,
+        cpu_per_1000: per_1000(cpu),
         peak_rss_kib: rss,
+        broker_per_1000: per_1000(broker),
+        database_per_1000: per_1000(database),
     }
 }
 
@@ -395,6 +422,13 @@ fn trigger_micro() -> Vec<(&'static str, f64)> {
         .collect()
 }
 
+fn print_drain(name: &str, d: &Drain) {
+    println!(
+        "{name}: {:.0} deliveries/s; CPU s per 1,000 deliveries: tagcast {:.3}, RabbitMQ {:.3}, PostgreSQL {:.3}",
+        d.per_second, d.cpu_per_1000, d.broker_per_1000, d.database_per_1000
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
@@ -415,17 +449,9 @@ async fn main() {
                 raw_ceiling(&receiver, a.events).await
             );
         }
-        Some("drain1") => {
-            return println!(
-                "fan-out 1 {:.0}/s",
-                drain(&a.binary, a.events, 1).await.per_second
-            );
-        }
+        Some("drain1") => return print_drain("fan-out 1", &drain(&a.binary, a.events, 1).await),
         Some("drain10") => {
-            return println!(
-                "fan-out 10 {:.0}/s",
-                drain(&a.binary, a.events / 10, 10).await.per_second
-            );
+            return print_drain("fan-out 10", &drain(&a.binary, a.events / 10, 10).await);
         }
         Some("latency") => {
             return println!(
@@ -485,6 +511,12 @@ async fn main() {
         f10 / raw_m
     );
     println!("| CPU per 1,000 deliveries, fan-out 1 / 10 | {cpu1:.3} s / {cpu10:.3} s |");
+    let b1 = median(d1.iter().map(|d| d.broker_per_1000).collect());
+    let b10 = median(d10.iter().map(|d| d.broker_per_1000).collect());
+    let p1 = median(d1.iter().map(|d| d.database_per_1000).collect());
+    let p10 = median(d10.iter().map(|d| d.database_per_1000).collect());
+    println!("| RabbitMQ CPU per 1,000 deliveries, fan-out 1 / 10 | {b1:.3} s / {b10:.3} s |");
+    println!("| PostgreSQL CPU per 1,000 deliveries, fan-out 1 / 10 | {p1:.3} s / {p10:.3} s |");
     println!("| peak RSS of tagcast | {:.1} MiB |", rss as f64 / 1024.0);
     println!(
         "| p50 / p99 at 1,000 events/s offered | {:.1} ms / {:.1} ms |",
