@@ -424,8 +424,12 @@ fn trigger_micro() -> Vec<(&'static str, f64)> {
 
 fn print_drain(name: &str, d: &Drain) {
     println!(
-        "{name}: {:.0} deliveries/s; CPU s per 1,000 deliveries: tagcast {:.3}, RabbitMQ {:.3}, PostgreSQL {:.3}",
-        d.per_second, d.cpu_per_1000, d.broker_per_1000, d.database_per_1000
+        "{name}: {:.0} deliveries/s; CPU s per 1,000 deliveries: tagcast {:.3}, RabbitMQ {:.3}, PostgreSQL {:.3}; peak RSS {:.1} MiB",
+        d.per_second,
+        d.cpu_per_1000,
+        d.broker_per_1000,
+        d.database_per_1000,
+        d.peak_rss_kib as f64 / 1024.0
     );
 }
 

@@ -35,6 +35,8 @@ pub struct Context {
     pub pool: PgPool,
     pub recorder: Recorder,
     pub gate: Arc<EndpointGate>,
+    /// Inline first attempts in flight at once, across all webhooks.
+    pub inline_slots: tokio::sync::Semaphore,
     pub cache: WebhookCache,
     pub metrics: Metrics,
     pub client: WebhookClient,
@@ -54,6 +56,10 @@ impl Context {
         tracing::warn!(error = %e, "database unavailable; holding the message and retrying");
     }
 }
+
+/// Inline first attempts in flight at once: enough to keep a few cores busy on fast receivers,
+/// few enough that connections and buffers stay within tens of MiB.
+const INLINE_ATTEMPTS: usize = 128;
 
 /// How a consumed message is settled. Decided by the handlers, applied in one place
 /// ([`settle`]).
@@ -130,6 +136,7 @@ impl App {
             pool: self.pool.clone(),
             recorder: Recorder::spawn(self.pool.clone(), lease),
             gate: Arc::default(),
+            inline_slots: tokio::sync::Semaphore::new(INLINE_ATTEMPTS),
             cache: cache.clone(),
             metrics: self.metrics.clone(),
             client: self.client.clone(),

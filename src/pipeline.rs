@@ -149,6 +149,10 @@ async fn fan_out(ctx: &Context, publisher: &Publisher, event: BuildEvent) -> Set
             let Some(webhook) = webhook else {
                 return Ok(Vec::new());
             };
+            // Bounds connections and buffers, hence memory, however many events are in flight.
+            let Ok(_slot) = ctx.inline_slots.acquire().await else {
+                return Ok(Vec::new());
+            };
             let target = Target {
                 url: &webhook.url,
                 secret: webhook.secret.as_deref(),
