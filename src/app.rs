@@ -164,6 +164,13 @@ impl App {
         ));
 
         let work = TaskTracker::new();
+        let current: Arc<std::sync::Mutex<Option<Publisher>>> = Arc::default();
+        background.spawn(crate::sweeper::run(
+            self.pool.clone(),
+            current.clone(),
+            self.metrics.clone(),
+            hard_stop.clone(),
+        ));
         let broker = tokio::spawn(supervise_broker(
             self.settings.clone(),
             self.topology.clone(),
@@ -171,6 +178,7 @@ impl App {
             health.clone(),
             work.clone(),
             stop.clone(),
+            current.clone(),
         ));
 
         shutdown.await;
@@ -243,6 +251,7 @@ async fn supervise_broker(
     health: Health,
     work: TaskTracker,
     stop: CancellationToken,
+    current: Arc<std::sync::Mutex<Option<Publisher>>>,
 ) -> Option<Connection> {
     let mut delay = Duration::from_millis(100);
     loop {
@@ -256,6 +265,7 @@ async fn supervise_broker(
                 health.broker.store(true, Ordering::Release);
                 tracing::info!(amqp = %settings.amqp_url, "connected to RabbitMQ");
                 let publisher = Publisher::new(channels.publish, topology.clone());
+                *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(publisher.clone());
                 let events = consume(
                     Stage::Events,
                     channels.events,
@@ -287,6 +297,7 @@ async fn supervise_broker(
                     return Some(connection);
                 }
                 health.broker.store(false, Ordering::Release);
+                *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 tracing::warn!("lost RabbitMQ connection; reconnecting");
                 let _ = connection.close(320, "reconnecting".into()).await;
             }

@@ -14,6 +14,9 @@
 //! event and, when the attempt is to be retried, parks the next job in a delay queue, from which
 //! it expires back into `<prefix>.deliveries` when due. No wait is ever held in tagcast.
 //!
+//! Under it all, [`sweeper`] re-queues any unfinished delivery whose job went missing: the
+//! database, not the broker, is the record of what is left to do.
+//!
 //! [`metrics`] and [`http`] expose what happens; [`config`] reads the settings.
 
 pub mod amqp;
@@ -27,6 +30,7 @@ pub mod payload;
 pub mod pipeline;
 pub mod status;
 pub mod store;
+pub mod sweeper;
 pub mod trigger;
 
 pub use app::App;

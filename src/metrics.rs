@@ -81,6 +81,7 @@ pub struct Metrics {
     pub webhook_cache_reloads: IntCounter,
     pub database_retries: IntCounter,
     pub status_publish_failures: IntCounter,
+    pub swept: IntCounter,
     up: IntGaugeVec,
     queue_messages: IntGaugeVec,
 }
@@ -168,6 +169,11 @@ impl Metrics {
                 r,
                 "tagcast_database_retries_total",
                 "Database operations retried after a transient error.",
+            ),
+            swept: counter(
+                r,
+                "tagcast_deliveries_requeued_by_sweeper_total",
+                "Unfinished deliveries whose job was lost, queued again by the sweeper.",
             ),
             status_publish_failures: counter(
                 r,

@@ -133,3 +133,36 @@ async fn work_waits_while_the_database_is_unreachable_and_resumes_after() {
     assert!(app.metric("tagcast_database_retries_total").await >= 1.0);
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_delivery_whose_job_was_lost_is_requeued_by_the_sweeper() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    let webhook = app
+        .insert_webhook("a", &receiver.url("/"), Trigger::All)
+        .await;
+    // A delivery recorded two minutes ago whose job never reached (or left) the broker.
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status, request_body, occurred_at, updated_at)
+         VALUES ($1, 'lost-job', $2, 'namespace', 'repoTest', 'latest', 'sha256:ab', 'pending', '{}', now(), now() - interval '2 minutes')",
+    )
+    .bind(id)
+    .bind(webhook)
+    .execute(&app.pg)
+    .await
+    .unwrap();
+    let request = receiver.next(30 * SECOND).await;
+    assert_eq!(request.header("webhook-id"), id.to_string());
+    let status = app.next_status(10 * SECOND).await;
+    assert_eq!(
+        (status["delivery_id"].as_str(), status["status"].as_str()),
+        (Some(id.to_string().as_str()), Some("succeeded"))
+    );
+    assert_eq!(
+        app.metric("tagcast_deliveries_requeued_by_sweeper_total")
+            .await,
+        1.0
+    );
+    app.teardown().await;
+}

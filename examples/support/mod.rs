@@ -630,6 +630,7 @@ pub async fn run_chaos(plan: ChaosPlan, binary: &str) -> ChaosReport {
         }
         if last_progress.1.elapsed() > plan.stall {
             eprintln!("no progress for {:?}: stopping the wait", plan.stall);
+            diagnose(&env).await;
             break;
         }
     }
@@ -640,7 +641,14 @@ pub async fn run_chaos(plan: ChaosPlan, binary: &str) -> ChaosReport {
             .and_then(|s| s.code()),
     );
     let verdict = verdict(&env, &receiver, expected).await;
-    env.destroy().await;
+    if verdict.lost > 0 || verdict.records_agree != expected {
+        diagnose(&env).await;
+    }
+    if std::env::var_os("CHAOS_KEEP").is_some() {
+        eprintln!("kept database {} and prefix {}", env.database, env.prefix);
+    } else {
+        env.destroy().await;
+    }
     ChaosReport {
         plan,
         published,
@@ -648,5 +656,59 @@ pub async fn run_chaos(plan: ChaosPlan, binary: &str) -> ChaosReport {
         kills_done,
         sigterm_exits,
         seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Where unfinished deliveries are stuck: printed when a run loses something.
+async fn diagnose(env: &Env) {
+    let by_status: Vec<(String, i32, bool, bool, i64)> = sqlx::query_as(
+        "SELECT status, attempts, lease_until IS NOT NULL, next_attempt_at IS NOT NULL, count(*)
+           FROM deliveries WHERE status <> 'succeeded' GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC",
+    )
+    .fetch_all(&env.pg)
+    .await
+    .unwrap_or_default();
+    eprintln!(
+        "unfinished deliveries (status, attempts, leased, next_attempt_at set, count): {by_status:?}"
+    );
+    if let Ok(out) = Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "-q",
+        ])
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&env.prefix))
+        {
+            eprintln!("queue (ready, unacked): {line}");
+        }
+    }
+    if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
+        && let Ok(ch) = conn.create_channel().await
+    {
+        let topology = tagcast::amqp::Topology {
+            prefix: env.prefix.clone(),
+            events_exchange: env.events_exchange(),
+            status_exchange: env.status_exchange(),
+        };
+        for q in topology.queues() {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            if let Ok(queue) = ch
+                .queue_declare(q.as_str().into(), passive, FieldTable::default())
+                .await
+                && queue.message_count() > 0
+            {
+                eprintln!("queue {q}: {} messages", queue.message_count());
+            }
+        }
+        let _ = conn.close(200, "bye".into()).await;
     }
 }

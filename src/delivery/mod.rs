@@ -187,9 +187,12 @@ pub(crate) async fn attempt(
     .await;
     match recorded {
         Ok(true) => {}
+        // Recorded before: by another worker, or by this one when the answer to the commit was
+        // lost. Either way what follows it may be missing: the repeat of the message finishes it
+        // from the record (status event, next attempt).
         Ok(false) => {
-            tracing::info!(delivery_id = %record.id, "attempt already recorded by another worker");
-            return Ok(Vec::new());
+            tracing::info!(delivery_id = %record.id, "attempt already recorded; finishing from the record");
+            return Err(Settle::Requeue);
         }
         // The receiver may have the notification, but nothing says so: leave the message for a
         // redelivery, which sends it again with the same webhook-id.

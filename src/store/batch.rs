@@ -12,6 +12,8 @@ type Reply<O> = oneshot::Sender<Result<O, StoreError>>;
 
 /// Batch statements of one writer in flight at once.
 const CONCURRENT_WRITES: usize = 4;
+/// Longest a batch statement may take before it counts as failed.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Writes one batch and answers its submitters.
 async fn run<I, O, F, Fut>(write: &F, items: Vec<I>, replies: Vec<Reply<O>>)
@@ -20,10 +22,33 @@ where
     F: Fn(Vec<I>) -> Fut,
     Fut: Future<Output = Result<Vec<O>, StoreError>>,
 {
-    match write(items.clone()).await {
-        Ok(results) => {
+    // A statement whose connection died without a word would wait forever and take its
+    // submitters with it: past the timeout it counts as failed, and is written again.
+    let written = tokio::time::timeout(WRITE_TIMEOUT, write(items.clone()))
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Batch {
+                transient: true,
+                text: format!("batch write took longer than {WRITE_TIMEOUT:?}"),
+            })
+        });
+    match written {
+        Ok(results) if results.len() == replies.len() => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(result));
+            }
+        }
+        Ok(results) => {
+            let text = format!(
+                "batch write returned {} results for {} items",
+                results.len(),
+                replies.len()
+            );
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Batch {
+                    transient: false,
+                    text: text.clone(),
+                }));
             }
         }
         Err(e) if e.is_transient() || items.len() == 1 => {
@@ -40,9 +65,12 @@ where
         // so the bad one fails alone.
         Err(_) => {
             for (item, reply) in items.into_iter().zip(replies) {
-                let result = write(vec![item])
-                    .await
-                    .and_then(|mut r| r.pop().ok_or(StoreError::Cancelled));
+                let result = write(vec![item]).await.and_then(|mut r| {
+                    r.pop().ok_or(StoreError::Batch {
+                        transient: false,
+                        text: "batch write returned no result".into(),
+                    })
+                });
                 let _ = reply.send(result);
             }
         }
@@ -109,10 +137,12 @@ where
     /// Writes one item with whatever else is waiting, and returns its result.
     pub async fn submit(&self, item: I) -> Result<O, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((item, reply))
-            .await
-            .map_err(|_| StoreError::Cancelled)?;
-        answer.await.map_err(|_| StoreError::Cancelled)?
+        // The writer stops only with the process; should it ever, the item is worth retrying.
+        let stopped = || StoreError::Batch {
+            transient: true,
+            text: "batch writer stopped".into(),
+        };
+        self.tx.send((item, reply)).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }

@@ -135,6 +135,9 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Longest a database operation may take before it is tried again.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(45);
+
 /// Runs `op` until it succeeds, repeating it with backoff while the error is transient: during a
 /// database outage the work waits here, unacknowledged, instead of cycling through the broker.
 /// Gives up with `Cancelled` on shutdown.
@@ -149,7 +152,16 @@ where
 {
     let mut delay = Duration::from_millis(50);
     loop {
-        match op().await {
+        // A connection can die without a word: past this, the operation counts as failed.
+        let outcome = tokio::time::timeout(OPERATION_TIMEOUT, op())
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Batch {
+                    transient: true,
+                    text: format!("no answer within {OPERATION_TIMEOUT:?}"),
+                })
+            });
+        match outcome {
             Err(e) if e.is_transient() => {
                 on_retry(&e);
                 tokio::select! {
