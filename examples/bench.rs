@@ -378,7 +378,11 @@ async fn latency(binary: &str, rate: u64, seconds: u64) -> (f64, f64) {
 /// queues), sampling tagcast's resident memory every 5 seconds.
 async fn receiver_down(binary: &str, events: usize, seconds: u64) {
     let env = Env::create("down").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     sqlx::query("INSERT INTO webhooks (namespace, repository, name, url) VALUES ('chaos', 'repo', 'down', $1)")
         .bind(format!("http://127.0.0.1:{port}/hook"))
         .execute(&env.pg)
@@ -394,23 +398,36 @@ async fn receiver_down(binary: &str, events: usize, seconds: u64) {
     let mut next_sample = Duration::ZERO;
     while started.elapsed() < Duration::from_secs(seconds) {
         if sent < events {
-            let bodies: Vec<Vec<u8>> = (0..50).map(|_| event_body(&Uuid::new_v4().to_string())).collect();
+            let bodies: Vec<Vec<u8>> = (0..50)
+                .map(|_| event_body(&Uuid::new_v4().to_string()))
+                .collect();
             publisher.publish_batch(&bodies).await;
             sent += bodies.len();
         }
         if started.elapsed() >= next_sample {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).map(|v| v.trim().to_owned()).unwrap_or_default();
+            let rss = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default();
             samples.push(format!("{:>4}s {rss}", started.elapsed().as_secs()));
             next_sample += Duration::from_secs(5);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (_, peak) = process_usage(pid);
-    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'retrying'").fetch_one(&env.pg).await.unwrap_or(0);
+    let waiting: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'retrying'")
+            .fetch_one(&env.pg)
+            .await
+            .unwrap_or(0);
     worker.terminate(Duration::from_secs(30));
     env.destroy().await;
-    println!("receiver down for {seconds} s, {sent} events offered: peak RSS {:.1} MiB, {waiting} deliveries waiting to retry", peak as f64 / 1024.0);
+    println!(
+        "receiver down for {seconds} s, {sent} events offered: peak RSS {:.1} MiB, {waiting} deliveries waiting to retry",
+        peak as f64 / 1024.0
+    );
     for s in samples {
         println!("  RSS at {s}");
     }

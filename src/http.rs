@@ -64,7 +64,7 @@ async fn route(
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => (
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "text/plain; version=0.0.4",
             metrics.render(),
         ),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),

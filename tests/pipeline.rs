@@ -446,7 +446,7 @@ async fn metrics_and_health_endpoints() {
         .unwrap();
     assert_eq!(
         response.headers()["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
+        "text/plain; version=0.0.4"
     );
     let text = response.text().await.unwrap();
     for line in [

@@ -193,7 +193,12 @@ impl WebhookClient {
                 Ok(None) | Err(_) => break,
             }
         }
-        let text = String::from_utf8_lossy(&kept).replace('\0', "");
+        let mut text = String::from_utf8_lossy(&kept).replace('\0', "");
+        // A character cut at the 4 KiB mark becomes U+FFFD, which is longer: cut again, on a
+        // character boundary.
+        while text.len() > MAX_RESPONSE_KEPT {
+            text.pop();
+        }
         report(
             AttemptOutcome::Response {
                 status,
