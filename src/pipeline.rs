@@ -146,12 +146,14 @@ async fn fan_out(ctx: &Context, publisher: &Publisher, event: BuildEvent) -> Set
         let webhook = webhooks.iter().find(|w| w.id == record.webhook_id).cloned();
         let body = body.clone();
         async move {
+            // Neither can fail today; if one ever did, the event comes again rather than being
+            // acknowledged with its delivery claimed and unsent.
             let Some(webhook) = webhook else {
-                return Ok(Vec::new());
+                return Err(Settle::Requeue);
             };
             // Bounds connections and buffers, hence memory, however many events are in flight.
             let Ok(_slot) = ctx.inline_slots.acquire().await else {
-                return Ok(Vec::new());
+                return Err(Settle::Requeue);
             };
             let target = Target {
                 url: &webhook.url,

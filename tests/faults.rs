@@ -83,14 +83,7 @@ async fn work_waits_while_the_database_is_unreachable_and_resumes_after() {
     let receiver = Receiver::always(200).await;
     app.insert_webhook("a", &receiver.url("/"), Trigger::All)
         .await;
-    let db = app
-        .settings
-        .database_url
-        .expose()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let db = common::database_name(&app.settings);
     let mut admin = PgConnection::connect(PG_ADMIN).await.unwrap();
     let cut = |allow: bool| {
         format!(

@@ -25,7 +25,8 @@ pub struct AttemptReport {
     pub outcome: AttemptOutcome,
     pub started_at: DateTime<Utc>,
     pub duration: Duration,
-    /// The `delivery_attempts.error` text: `timeout`, `connect`, `tls`, `blocked_address`, ...
+    /// The `delivery_attempts.error` text: `timeout`, `connect`, `tls_certificate`,
+    /// `blocked_address`, `invalid_url` or `invalid_secret`; `None` when the receiver answered.
     pub error: Option<&'static str>,
     pub response_body: Option<String>,
 }

@@ -35,9 +35,15 @@ pub struct Pass {
 }
 
 impl EndpointGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Endpoint>> {
+        // Every update is a single field write: a panic elsewhere cannot leave an entry half
+        // changed, so a poisoned lock is still sound to use.
+        self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A pass for an inline attempt to `webhook_id`, or `None` to hand the delivery off.
     pub fn try_inline(self: &Arc<Self>, webhook_id: i64, now: Instant) -> Option<Pass> {
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let mut endpoints = self.lock();
         let e = endpoints.entry(webhook_id).or_insert(Endpoint {
             in_flight: 0,
             last_done: now,
@@ -62,11 +68,7 @@ impl EndpointGate {
 impl Pass {
     /// Reports how the attempt went: a slow or unreachable endpoint stops getting inline attempts.
     pub fn report(&self, took: Duration, unreachable: bool) {
-        let mut endpoints = self
-            .gate
-            .endpoints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut endpoints = self.gate.lock();
         if let Some(e) = endpoints.get_mut(&self.webhook_id) {
             let now = Instant::now();
             e.last_done = now;
@@ -79,11 +81,7 @@ impl Pass {
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        let mut endpoints = self
-            .gate
-            .endpoints
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut endpoints = self.gate.lock();
         if let Some(e) = endpoints.get_mut(&self.webhook_id) {
             e.in_flight = e.in_flight.saturating_sub(1);
             // Forget idle, healthy endpoints: the map holds only what is busy or slow.

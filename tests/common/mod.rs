@@ -59,6 +59,12 @@ pub fn test_settings() -> Settings {
     s
 }
 
+/// The name of the test's own database.
+pub fn database_name(settings: &Settings) -> String {
+    let url = settings.database_url.expose();
+    url.rsplit('/').next().unwrap_or(url).to_owned()
+}
+
 /// A running tagcast and everything a test needs around it.
 pub struct TestApp {
     pub settings: Settings,
@@ -78,13 +84,7 @@ impl TestApp {
 
     pub async fn spawn_with(settings: Settings) -> TestApp {
         init_logs();
-        let db = settings
-            .database_url
-            .expose()
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .to_owned();
+        let db = database_name(&settings);
         let mut admin = PgConnection::connect(PG_ADMIN)
             .await
             .expect("PostgreSQL is not running");
@@ -223,14 +223,7 @@ impl TestApp {
         }
         let _ = self.amqp.close(200, "bye".into()).await;
         self.pg.close().await;
-        let db = self
-            .settings
-            .database_url
-            .expose()
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .to_owned();
+        let db = database_name(&self.settings);
         let mut admin = PgConnection::connect(PG_ADMIN).await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
