@@ -66,10 +66,10 @@ async fn sweep(pool: &PgPool, publisher: &Publisher) -> Result<usize, SweepError
         "UPDATE deliveries SET updated_at = now()
           WHERE id IN (
                 SELECT id FROM deliveries
-                 WHERE status IN ('pending', 'retrying')
+                 WHERE watched AND status IN ('pending', 'retrying')
                    AND greatest(coalesce(next_attempt_at, updated_at), updated_at) < now() - make_interval(secs => $1)
                    AND (lease_until IS NULL OR lease_until < now())
-                 ORDER BY updated_at
+                 ORDER BY created_at
                  LIMIT $2
                    FOR UPDATE SKIP LOCKED)
           RETURNING id, attempts",

@@ -223,6 +223,11 @@ async fn the_notification_is_exact_and_recorded() {
         (attempt.0, attempt.2, attempt.3, attempt.4.as_deref()),
         (1, Some(200), None, Some("thanks"))
     );
+    let watched: bool = sqlx::query_scalar("SELECT watched FROM deliveries")
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert!(!watched, "a final delivery is out of the sweeper's index");
     app.teardown().await;
 }
 

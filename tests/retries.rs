@@ -279,3 +279,30 @@ async fn a_waiting_retry_survives_a_restart_of_tagcast() {
     );
     app.teardown().await;
 }
+
+/// The sweeper's flag (it re-queues a watched delivery whose job went missing): set while a
+/// delivery waits on a broker job, clear once it is final, so finished rows leave its index.
+#[tokio::test]
+async fn a_delivery_is_watched_by_the_sweeper_exactly_while_it_waits_for_a_retry() {
+    let mut settings = test_settings();
+    settings.retry_initial_delay = Duration::from_secs(3);
+    let mut app = TestApp::spawn_with(settings).await;
+    let receiver = Receiver::scripted(|n| Reply::status(if n < 1 { 503 } else { 200 })).await;
+    app.insert_webhook("flaky", &receiver.url("/"), Trigger::All)
+        .await;
+    app.publish_event(&event("latest")).await;
+    let pg = app.pg.clone();
+    let watched = || async {
+        sqlx::query_as::<_, (String, bool)>("SELECT status, watched FROM deliveries")
+            .fetch_one(&pg)
+            .await
+            .unwrap()
+    };
+    let first = app.next_status(10 * SECOND).await;
+    assert_eq!(first["status"], "retrying");
+    assert_eq!(watched().await, ("retrying".to_owned(), true));
+    let last = app.next_status(10 * SECOND).await;
+    assert_eq!(last["status"], "succeeded");
+    assert_eq!(watched().await, ("succeeded".to_owned(), false));
+    app.teardown().await;
+}

@@ -2,16 +2,13 @@
 //! one statement, so a busy worker pays one round trip for many records.
 
 use std::future::Future;
-use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
 
 type Reply<O> = oneshot::Sender<Result<O, StoreError>>;
 
-/// Batch statements of one writer in flight at once.
-const CONCURRENT_WRITES: usize = 4;
 /// Longest a batch statement may take before it counts as failed.
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -104,31 +101,14 @@ where
         Fut: Future<Output = Result<Vec<O>, StoreError>> + Send,
     {
         let (tx, mut rx) = mpsc::channel::<(I, Reply<O>)>(max_batch * 4);
-        let write = Arc::new(write);
-        // A few statements in flight at once: while one waits for its commit to reach the disk,
-        // the next batch is already being written, and PostgreSQL flushes their WAL together.
-        let in_flight = Arc::new(Semaphore::new(CONCURRENT_WRITES));
+        // One statement at a time: what arrives while it runs makes the next batch. Measured
+        // here, one in flight gave batches twice as large and PostgreSQL a third less CPU per
+        // record than four in flight (README, Performance).
         tokio::spawn(async move {
             let mut queued = Vec::with_capacity(max_batch);
             while rx.recv_many(&mut queued, max_batch).await > 0 {
-                let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                    return;
-                };
-                // More may have queued while waiting for a permit.
-                if queued.len() < max_batch {
-                    while let Ok(item) = rx.try_recv() {
-                        queued.push(item);
-                        if queued.len() == max_batch {
-                            break;
-                        }
-                    }
-                }
                 let (items, replies): (Vec<I>, Vec<Reply<O>>) = queued.drain(..).unzip();
-                let write = write.clone();
-                tokio::spawn(async move {
-                    run(&*write, items, replies).await;
-                    drop(permit);
-                });
+                run(&write, items, replies).await;
             }
         });
         Batcher { tx }

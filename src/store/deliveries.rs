@@ -130,17 +130,20 @@ pub async fn record_decisions(
     const SQL: &str = concat!(
         "WITH ins AS (
             INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status,
-                                    error, request_body, occurred_at, lease_until, updated_at)
+                                    error, request_body, occurred_at, lease_until, watched, updated_at)
             SELECT u.id, u.event_id, u.webhook_id, u.namespace, u.repository, u.tag, u.digest, u.status, u.error,
                    CASE WHEN u.status = 'pending' THEN u.body END, u.occurred_at,
-                   CASE WHEN u.claim THEN now() + make_interval(secs => $13) END, now()
+                   CASE WHEN u.claim THEN now() + make_interval(secs => $13) END,
+                   u.status = 'pending' AND NOT u.claim, now()
               FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
                           $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::bool[])
                    AS u(id, event_id, webhook_id, namespace, repository, tag, digest, status, error, body, occurred_at, claim)
               JOIN webhooks w ON w.id = u.webhook_id
-            -- A row that exists already (the event came before) is returned as it is: the no-op
-            -- update makes RETURNING include it, and xmax tells the two apart, in one pass.
-            ON CONFLICT (event_id, webhook_id) DO UPDATE SET event_id = EXCLUDED.event_id
+            -- A row that exists already (the event came before) is returned as it is: the
+            -- update makes RETURNING include it, and xmax tells the two apart, in one pass. Its
+            -- work, if unfinished, goes to a job now, which the sweeper watches.
+            ON CONFLICT (event_id, webhook_id) DO UPDATE
+               SET watched = deliveries.status IN ('pending', 'retrying')
             RETURNING *, (xmax = 0) AS fresh
         )
         SELECT ", record_columns!(), ", d.fresh FROM ins d JOIN webhooks w ON w.id = d.webhook_id"
@@ -185,6 +188,9 @@ pub async fn record_decisions(
         }
     }
     let found: Vec<Row> = sqlx::query_as(SQL)
+        // Planned anew for each batch, knowing its length: a cached generic plan, made without
+        // it, can pick a sequential scan of `deliveries` that grows with the table.
+        .persistent(false)
         .bind(&ids)
         .bind(&event_ids)
         .bind(&webhook_ids)
@@ -341,7 +347,8 @@ pub async fn record_attempts(
                 AS u(delivery_id, attempt, started_at, duration_ms, http_status, error, response_body, status, next_attempt_at)
         ), d AS (
             UPDATE deliveries SET status = u.status, attempts = u.attempt, http_status = u.http_status, error = u.error,
-                   duration_ms = u.duration_ms, next_attempt_at = u.next_attempt_at, lease_until = NULL, updated_at = now()
+                   duration_ms = u.duration_ms, next_attempt_at = u.next_attempt_at, lease_until = NULL,
+                   watched = u.status IN ('pending', 'retrying'), updated_at = now()
               FROM u
              WHERE deliveries.id = u.delivery_id AND deliveries.attempts = u.attempt - 1
             RETURNING deliveries.id
@@ -364,6 +371,7 @@ pub async fn record_attempts(
     let statuses: Vec<&str> = batch.iter().map(|(_, a)| a.status.as_str()).collect();
     let next: Vec<Option<DateTime<Utc>>> = batch.iter().map(|(_, a)| a.next_attempt_at).collect();
     let recorded: Vec<Uuid> = sqlx::query_scalar(SQL)
+        .persistent(false) // as in record_decisions
         .bind(&ids)
         .bind(&attempts)
         .bind(&started)

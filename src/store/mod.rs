@@ -116,12 +116,7 @@ impl Recorder {
 /// Opens the pool. Connections are made lazily, so tagcast starts (and reports not ready) even
 /// while PostgreSQL is still coming up.
 pub fn connect(url: &SecretUrl, max_connections: u32) -> Result<PgPool, StoreError> {
-    // Batch statements take arrays of any length: a generic plan, made without knowing them,
-    // can pick a sequential scan of `deliveries` that grows with the table. Plan each time.
-    let options = url
-        .expose()
-        .parse::<sqlx::postgres::PgConnectOptions>()?
-        .options([("plan_cache_mode", "force_custom_plan")]);
+    let options = url.expose().parse::<sqlx::postgres::PgConnectOptions>()?;
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
