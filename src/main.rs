@@ -6,11 +6,6 @@ use clap::Parser as _;
 use tagcast::config::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-// glibc's malloc spent about a third of tagcast's CPU time under load (perf, fan-out 10) and
-// fragments: mimalloc is faster at the many small, short-lived allocations of async I/O.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
