@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::{FutureExt as _, StreamExt as _};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acks::AckWindow;
 use crate::amqp::{Publisher, Topology};
 use crate::config::Settings;
 use crate::delivery::gate::EndpointGate;
@@ -419,6 +420,7 @@ async fn consume<F, Fut>(
             return;
         }
     };
+    let window = AckWindow::spawn(&work);
     loop {
         let delivery = tokio::select! {
             () = stop.cancelled() => {
@@ -447,8 +449,9 @@ async fn consume<F, Fut>(
                 "message keeps failing; at the delivery limit it is dead-lettered"
             );
         }
-        let acker = delivery.acker;
+        let (acker, tag) = (delivery.acker, delivery.delivery_tag);
         let task = handler(ctx.clone(), publisher.clone(), delivery.data);
+        let window = window.clone();
         work.spawn(async move {
             // A panic must not strand the message unacknowledged: return it, so the delivery
             // limit can take it out of circulation if it keeps happening.
@@ -459,7 +462,7 @@ async fn consume<F, Fut>(
                     tracing::error!("message handler panicked; message returned to the queue");
                     Settle::Requeue
                 });
-            settle(acker, outcome).await
+            settle(acker, tag, &window, outcome).await
         });
     }
 }
@@ -482,10 +485,11 @@ fn delivery_count(properties: &lapin::BasicProperties) -> i64 {
     }
 }
 
-/// The one place where a message is acknowledged, dead-lettered or returned.
-async fn settle(acker: lapin::Acker, settle: Settle) {
+/// The one place where a message is acknowledged (through its channel's window), dead-lettered
+/// or returned.
+async fn settle(acker: lapin::Acker, tag: u64, window: &AckWindow, settle: Settle) {
     let result = match settle {
-        Settle::Ack => acker.ack(BasicAckOptions::default()).await,
+        Settle::Ack => return window.ack(tag, acker),
         Settle::DeadLetter => acker.reject(BasicRejectOptions { requeue: false }).await,
         Settle::Requeue => {
             acker
@@ -497,8 +501,10 @@ async fn settle(acker: lapin::Acker, settle: Settle) {
         }
         Settle::Abandon => return,
     };
-    if let Err(e) = result {
+    match result {
+        // Told to the broker: a later acknowledgement with `multiple` may pass over it.
+        Ok(_) => window.settled(tag),
         // The channel is gone: the broker returns the message to its queue by itself.
-        tracing::warn!(error = %e, ?settle, "could not settle message");
+        Err(e) => tracing::warn!(error = %e, ?settle, "could not settle message"),
     }
 }

@@ -19,6 +19,7 @@
 //!
 //! [`metrics`] and [`http`] expose what happens; [`config`] reads the settings.
 
+pub mod acks;
 pub mod amqp;
 pub mod app;
 pub mod config;

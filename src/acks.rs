@@ -1,0 +1,206 @@
+//! Acknowledgements of one consumer channel, coalesced: RabbitMQ settles a quorum-queue message
+//! with a log entry of its own, so one `basic.ack` with `multiple` for a run of finished
+//! messages costs the broker far less than one per message. Only a contiguous run of delivery
+//! tags is acknowledged that way; a message finished while an earlier one is still in progress
+//! is acknowledged on its own a tick or two later, so a slow message never holds back others'
+//! acknowledgements (nor, through the prefetch window, the consumer).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lapin::Acker;
+use lapin::options::BasicAckOptions;
+use tokio::sync::mpsc;
+
+/// How long a finished message may wait for its acknowledgement.
+const TICK: Duration = Duration::from_millis(2);
+
+/// What became of one delivery tag.
+enum Done<A> {
+    /// Processed: acknowledge it.
+    Ack { acker: A, ticks: u8 },
+    /// Settled already (rejected, returned, or acknowledged on its own).
+    Settled,
+}
+
+/// Hands finished deliveries to the channel's acknowledging task. Cheap to clone.
+#[derive(Clone)]
+pub struct AckWindow {
+    tx: mpsc::UnboundedSender<(u64, Option<Acker>)>,
+}
+
+impl AckWindow {
+    /// Starts the task for a channel whose first delivery tag is 1. It ends, after acknowledging
+    /// everything it holds, once every clone of the window is dropped.
+    pub fn spawn(tracker: &tokio_util::task::TaskTracker) -> AckWindow {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tracker.spawn(run(rx));
+        AckWindow { tx }
+    }
+
+    /// The message with `tag` is done and durable: acknowledge it.
+    pub fn ack(&self, tag: u64, acker: Acker) {
+        // The task ends only after every sender is gone, so this cannot fail.
+        let _ = self.tx.send((tag, Some(acker)));
+    }
+
+    /// The message with `tag` was rejected or returned, and the broker has been told. (Not for
+    /// a message left unsettled at shutdown: a later `multiple` must not cover it.)
+    pub fn settled(&self, tag: u64) {
+        let _ = self.tx.send((tag, None));
+    }
+}
+
+async fn run(mut rx: mpsc::UnboundedReceiver<(u64, Option<Acker>)>) {
+    let mut window: Window<Acker> = Window::default();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            received = rx.recv() => match received {
+                Some((tag, acker)) => window.insert(tag, acker),
+                None => break,
+            },
+            _ = tick.tick() => {
+                for (acker, multiple) in window.due(false) {
+                    send(acker, multiple).await;
+                }
+            }
+        }
+    }
+    for (acker, multiple) in window.due(true) {
+        send(acker, multiple).await;
+    }
+}
+
+async fn send(acker: Acker, multiple: bool) {
+    if let Err(e) = acker.ack(BasicAckOptions { multiple }).await {
+        // The channel is gone: the broker returns the messages to their queue by itself.
+        tracing::warn!(error = %e, "could not acknowledge");
+    }
+}
+
+/// The pure part: which acknowledgements to send. Generic over the acker for its tests.
+struct Window<A> {
+    /// Every tag below this one is settled.
+    next: u64,
+    done: BTreeMap<u64, Done<A>>,
+}
+
+impl<A> Default for Window<A> {
+    fn default() -> Self {
+        Window {
+            next: 1,
+            done: BTreeMap::new(),
+        }
+    }
+}
+
+impl<A> Window<A> {
+    fn insert(&mut self, tag: u64, acker: Option<A>) {
+        let done = match acker {
+            Some(acker) => Done::Ack { acker, ticks: 0 },
+            None => Done::Settled,
+        };
+        self.done.insert(tag, done);
+    }
+
+    /// The acknowledgements to send now, as (acker, multiple): one with `multiple` for the
+    /// contiguous run from `next`, then each that has waited a tick behind a gap (all of them
+    /// when `all`).
+    fn due(&mut self, all: bool) -> Vec<(A, bool)> {
+        let mut out = Vec::new();
+        // The run: `multiple` on its last acknowledgeable tag covers every tag before it (the
+        // ones settled otherwise are no longer outstanding, which the broker allows, but the
+        // tag named must be).
+        let mut last = None;
+        while let Some(done) = self.done.remove(&self.next) {
+            if let Done::Ack { acker, .. } = done {
+                last = Some(acker);
+            }
+            self.next += 1;
+        }
+        if let Some(acker) = last {
+            out.push((acker, true));
+        }
+        // Behind a gap: on their own, after a tick, so a message in progress holds up no other.
+        for done in self.done.values_mut() {
+            if let Done::Ack { ticks, .. } = done {
+                *ticks += 1;
+                if *ticks >= 2 || all {
+                    if let Done::Ack { acker, .. } = std::mem::replace(done, Done::Settled) {
+                        out.push((acker, false));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `steps` of (tag, acked?) or a tick (`None`), and returns what was sent per tick.
+    fn replay(steps: &[Option<(u64, bool)>]) -> Vec<Vec<(u64, bool)>> {
+        let mut w = Window::default();
+        let mut sent = Vec::new();
+        for step in steps {
+            match step {
+                Some((tag, ack)) => w.insert(*tag, ack.then_some(*tag)),
+                None => sent.push(w.due(false)),
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn a_run_in_order_is_one_multiple_ack_on_its_last_tag() {
+        let sent = replay(&[Some((1, true)), Some((2, true)), Some((3, true)), None]);
+        assert_eq!(sent, [vec![(3, true)]]);
+    }
+
+    #[test]
+    fn a_rejected_tag_ends_no_run_but_is_never_named() {
+        // 3 was rejected: the multiple on 2 leaves it, and a run ending in it names 2.
+        let sent = replay(&[Some((1, true)), Some((2, true)), Some((3, false)), None]);
+        assert_eq!(sent, [vec![(2, true)]]);
+        let sent = replay(&[Some((1, false)), None, Some((2, false)), None]);
+        assert_eq!(sent, [vec![], vec![]], "nothing to acknowledge");
+    }
+
+    #[test]
+    fn a_tag_behind_a_gap_waits_a_tick_then_goes_alone_and_the_run_resumes_after_it() {
+        let sent = replay(&[
+            Some((2, true)),
+            Some((3, true)),
+            None, // 1 still in progress
+            None,
+            Some((1, true)),
+            Some((4, true)),
+            None,
+        ]);
+        assert_eq!(
+            sent,
+            [
+                vec![],
+                vec![(2, false), (3, false)],
+                // 2 and 3 are settled: the run 1..=4 names 4, its last acknowledgeable tag.
+                vec![(4, true)],
+            ]
+        );
+    }
+
+    #[test]
+    fn an_abandoned_tag_is_never_covered_by_a_multiple() {
+        // 1 is left unsettled (shutdown): everything after it goes alone, forever.
+        let mut w = Window::default();
+        for tag in 2..=5 {
+            w.insert(tag, Some(tag));
+        }
+        let sent = w.due(true);
+        assert_eq!(sent, [(2, false), (3, false), (4, false), (5, false)]);
+        assert!(sent.iter().all(|(_, multiple)| !multiple));
+    }
+}
