@@ -61,7 +61,8 @@ async fn run(mut rx: mpsc::UnboundedReceiver<(u64, Option<Acker>)>) {
                 Some((tag, acker)) => window.insert(tag, acker),
                 None => break,
             },
-            _ = tick.tick() => {
+            // Idle, it sleeps: no wake-ups while nothing waits for an acknowledgement.
+            _ = tick.tick(), if !window.done.is_empty() => {
                 for (acker, multiple) in window.due(false) {
                     send(acker, multiple).await;
                 }
