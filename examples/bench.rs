@@ -210,6 +210,10 @@ async fn raw_ceiling(receiver: &CountingReceiver, messages: usize) -> f64 {
         t.await.unwrap();
     }
     let rate = messages as f64 / started.elapsed().as_secs_f64();
+    // Not part of tagcast's topology, so `destroy` would leave it behind.
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
     pool.close().await;
     let _ = conn.close(200, "done".into()).await;
     env.destroy().await;
