@@ -60,7 +60,7 @@ impl Context {
 
 /// Inline first attempts in flight at once: enough to keep a few cores busy on fast receivers,
 /// few enough that connections and buffers stay within tens of MiB.
-const INLINE_ATTEMPTS: usize = 128;
+const INLINE_ATTEMPTS: usize = 256;
 
 /// How a consumed message is settled. Decided by the handlers, applied in one place
 /// ([`settle`]).

@@ -131,7 +131,7 @@ pub struct Settings {
 
     /// Events handled at once (the events queue's prefetch).
     #[arg(long, global = true, env = "TAGCAST_EVENT_CONCURRENCY", value_name = "TAGCAST_EVENT_CONCURRENCY",
-          default_value = "256", value_parser = clap::value_parser!(u16).range(1..))]
+          default_value = "512", value_parser = clap::value_parser!(u16).range(1..))]
     pub event_concurrency: u16,
 
     /// Webhook requests in flight at once (the delivery queue's prefetch). Each waits at most

@@ -160,7 +160,9 @@ async fn fan_out(ctx: &Context, publisher: &Publisher, event: BuildEvent) -> Set
                 secret: webhook.secret.as_deref(),
                 body: &body,
             };
-            attempt(ctx, publisher, record, target, 1, pass).await
+            // Boxed: the attempt's state (the HTTP exchange above all) is allocated only once
+            // it has a slot, not for every delivery of every event in flight.
+            Box::pin(attempt(ctx, publisher, record, target, 1, pass)).await
         }
     });
     for result in join_all(attempts).await {
