@@ -252,6 +252,27 @@ struct Drain {
     /// CPU seconds per 1,000 deliveries of RabbitMQ and of PostgreSQL in the same window.
     broker_per_1000: f64,
     database_per_1000: f64,
+    /// The same for this process: the receiver, above all.
+    receiver_per_1000: f64,
+    /// Share of the machine's CPU time left idle during the drain.
+    idle: f64,
+}
+
+/// Busy and idle CPU seconds of the whole machine so far, from /proc/stat.
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = ticks.get(3).unwrap_or(&0.0) + ticks.get(4).unwrap_or(&0.0);
+    let busy: f64 = ticks.iter().take(8).sum::<f64>() - idle;
+    (busy / 100.0, idle / 100.0)
 }
 
 /// CPU seconds used so far by every process whose command name is `name`.
@@ -292,6 +313,7 @@ async fn drain(binary: &str, events: usize, fanout: usize) -> Drain {
     }
     let expected = events * fanout;
     let (broker0, database0) = (cpu_of("beam.smp"), cpu_of("postgres"));
+    let (receiver0, machine0) = (process_usage(std::process::id()).0, machine_cpu());
     let mut worker = Worker::spawn(&env, binary);
     let started = Instant::now();
     loop {
@@ -314,6 +336,9 @@ async fn drain(binary: &str, events: usize, fanout: usize) -> Drain {
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu, rss) = process_usage(worker.child.id());
     let (broker, database) = (cpu_of("beam.smp") - broker0, cpu_of("postgres") - database0);
+    let receiver_cpu = process_usage(std::process::id()).0 - receiver0;
+    let machine1 = machine_cpu();
+    let (busy, idle) = (machine1.0 - machine0.0, machine1.1 - machine0.1);
     if std::env::var_os("BENCH_VERBOSE").is_some()
         && let Ok(r) = reqwest::get(format!("http://127.0.0.1:{}/metrics", env.metrics_port)).await
     {
@@ -336,6 +361,8 @@ async fn drain(binary: &str, events: usize, fanout: usize) -> Drain {
         peak_rss_kib: rss,
         broker_per_1000: per_1000(broker),
         database_per_1000: per_1000(database),
+        receiver_per_1000: per_1000(receiver_cpu),
+        idle: idle / (busy + idle),
     }
 }
 
@@ -488,11 +515,13 @@ fn trigger_micro() -> Vec<(&'static str, f64)> {
 
 fn print_drain(name: &str, d: &Drain) {
     println!(
-        "{name}: {:.0} deliveries/s; CPU s per 1,000 deliveries: tagcast {:.3}, RabbitMQ {:.3}, PostgreSQL {:.3}; peak RSS {:.1} MiB",
+        "{name}: {:.0} deliveries/s; CPU s per 1,000 deliveries: tagcast {:.3}, RabbitMQ {:.3}, PostgreSQL {:.3}, receiver {:.3}; machine idle {:.0}%; peak RSS {:.1} MiB",
         d.per_second,
         d.cpu_per_1000,
         d.broker_per_1000,
         d.database_per_1000,
+        d.receiver_per_1000,
+        d.idle * 100.0,
         d.peak_rss_kib as f64 / 1024.0
     );
 }
@@ -586,6 +615,16 @@ async fn main() {
     let p10 = median(d10.iter().map(|d| d.database_per_1000).collect());
     println!("| RabbitMQ CPU per 1,000 deliveries, fan-out 1 / 10 | {b1:.3} s / {b10:.3} s |");
     println!("| PostgreSQL CPU per 1,000 deliveries, fan-out 1 / 10 | {p1:.3} s / {p10:.3} s |");
+    let r1 = median(d1.iter().map(|d| d.receiver_per_1000).collect());
+    let r10 = median(d10.iter().map(|d| d.receiver_per_1000).collect());
+    println!("| receiver (benchmark process) CPU per 1,000 deliveries, fan-out 1 / 10 | {r1:.3} s / {r10:.3} s |");
+    let i1 = median(d1.iter().map(|d| d.idle).collect());
+    let i10 = median(d10.iter().map(|d| d.idle).collect());
+    println!(
+        "| machine CPU idle during the drain, fan-out 1 / 10 | {:.0} % / {:.0} % |",
+        i1 * 100.0,
+        i10 * 100.0
+    );
     println!("| peak RSS of tagcast | {:.1} MiB |", rss as f64 / 1024.0);
     println!(
         "| p50 / p99 at 1,000 events/s offered | {:.1} ms / {:.1} ms |",
