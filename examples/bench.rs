@@ -617,7 +617,9 @@ async fn main() {
     println!("| PostgreSQL CPU per 1,000 deliveries, fan-out 1 / 10 | {p1:.3} s / {p10:.3} s |");
     let r1 = median(d1.iter().map(|d| d.receiver_per_1000).collect());
     let r10 = median(d10.iter().map(|d| d.receiver_per_1000).collect());
-    println!("| receiver (benchmark process) CPU per 1,000 deliveries, fan-out 1 / 10 | {r1:.3} s / {r10:.3} s |");
+    println!(
+        "| receiver (benchmark process) CPU per 1,000 deliveries, fan-out 1 / 10 | {r1:.3} s / {r10:.3} s |"
+    );
     let i1 = median(d1.iter().map(|d| d.idle).collect());
     let i10 = median(d10.iter().map(|d| d.idle).collect());
     println!(

@@ -67,9 +67,11 @@ async fn sweep(pool: &PgPool, publisher: &Publisher) -> Result<usize, SweepError
           WHERE id IN (
                 SELECT id FROM deliveries
                  WHERE watched AND status IN ('pending', 'retrying')
-                   AND greatest(coalesce(next_attempt_at, updated_at), updated_at) < now() - make_interval(secs => $1)
+                   -- The index `deliveries_due`: the scan ends at the first delivery not yet due.
+                   AND coalesce(next_attempt_at, created_at) < now() - make_interval(secs => $1)
+                   AND updated_at < now() - make_interval(secs => $1)
                    AND (lease_until IS NULL OR lease_until < now())
-                 ORDER BY created_at
+                 ORDER BY coalesce(next_attempt_at, created_at)
                  LIMIT $2
                    FOR UPDATE SKIP LOCKED)
           RETURNING id, attempts",

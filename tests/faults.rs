@@ -127,6 +127,56 @@ async fn work_waits_while_the_database_is_unreachable_and_resumes_after() {
     app.teardown().await;
 }
 
+/// The sweeper reads deliveries in the order they fall due: a retry whose job went missing is
+/// re-queued, one whose next attempt is an hour away is left alone (and not even touched).
+#[tokio::test]
+async fn a_lost_retry_is_requeued_and_one_still_waiting_is_left_alone() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    let webhook = app
+        .insert_webhook("a", &receiver.url("/"), Trigger::All)
+        .await;
+    let insert = |id: uuid::Uuid, event: &'static str, due_in_seconds: f64| {
+        sqlx::query(
+            "INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status, attempts, request_body, occurred_at, next_attempt_at, created_at, updated_at)
+             VALUES ($1, $2, $3, 'namespace', 'repoTest', 'latest', 'sha256:ab', 'retrying', 1, '{}', now(), now() + make_interval(secs => $4), now() - interval '2 hours', now() - interval '2 minutes')",
+        )
+        .bind(id)
+        .bind(event)
+        .bind(webhook)
+        .bind(due_in_seconds)
+        .execute(&app.pg)
+    };
+    let (lost, waiting) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    insert(lost, "lost-retry", -120.0).await.unwrap();
+    insert(waiting, "waiting-retry", 3600.0).await.unwrap();
+    let request = receiver.next(30 * SECOND).await;
+    assert_eq!(request.header("webhook-id"), lost.to_string());
+    let status = app.next_status(10 * SECOND).await;
+    assert_eq!(
+        (status["delivery_id"].as_str(), status["attempt"].as_i64()),
+        (Some(lost.to_string().as_str()), Some(2))
+    );
+    let (attempts, touched): (i32, bool) = sqlx::query_as(
+        "SELECT attempts, updated_at > now() - interval '1 minute' FROM deliveries WHERE id = $1",
+    )
+    .bind(waiting)
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert_eq!(
+        (attempts, touched),
+        (1, false),
+        "the waiting retry is not swept"
+    );
+    assert_eq!(
+        app.metric("tagcast_deliveries_requeued_by_sweeper_total")
+            .await,
+        1.0
+    );
+    app.teardown().await;
+}
+
 #[tokio::test]
 async fn a_delivery_whose_job_was_lost_is_requeued_by_the_sweeper() {
     let mut app = TestApp::spawn().await;
@@ -137,8 +187,8 @@ async fn a_delivery_whose_job_was_lost_is_requeued_by_the_sweeper() {
     // A delivery recorded two minutes ago whose job never reached (or left) the broker.
     let id = uuid::Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status, request_body, occurred_at, updated_at)
-         VALUES ($1, 'lost-job', $2, 'namespace', 'repoTest', 'latest', 'sha256:ab', 'pending', '{}', now(), now() - interval '2 minutes')",
+        "INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status, request_body, occurred_at, created_at, updated_at)
+         VALUES ($1, 'lost-job', $2, 'namespace', 'repoTest', 'latest', 'sha256:ab', 'pending', '{}', now(), now() - interval '2 minutes', now() - interval '2 minutes')",
     )
     .bind(id)
     .bind(webhook)
