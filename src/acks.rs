@@ -128,10 +128,10 @@ impl<A> Window<A> {
         for done in self.done.values_mut() {
             if let Done::Ack { ticks, .. } = done {
                 *ticks += 1;
-                if *ticks >= 2 || all {
-                    if let Done::Ack { acker, .. } = std::mem::replace(done, Done::Settled) {
-                        out.push((acker, false));
-                    }
+                if (*ticks >= 2 || all)
+                    && let Done::Ack { acker, .. } = std::mem::replace(done, Done::Settled)
+                {
+                    out.push((acker, false));
                 }
             }
         }

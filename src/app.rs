@@ -268,9 +268,11 @@ async fn supervise_broker(
                 let publisher = Publisher::new(channels.publish, topology.clone());
                 *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(publisher.clone());
                 let events = consume(
-                    Stage::Events,
-                    channels.events,
-                    topology.events_queue(),
+                    Lane {
+                        stage: Stage::Events,
+                        channel: channels.events,
+                        queue: topology.events_queue(),
+                    },
                     ctx.clone(),
                     publisher.clone(),
                     work.clone(),
@@ -278,9 +280,11 @@ async fn supervise_broker(
                     pipeline::handle_event,
                 );
                 let deliveries = consume(
-                    Stage::Deliveries,
-                    channels.deliveries,
-                    topology.deliveries_queue(),
+                    Lane {
+                        stage: Stage::Deliveries,
+                        channel: channels.deliveries,
+                        queue: topology.deliveries_queue(),
+                    },
                     ctx.clone(),
                     publisher,
                     work.clone(),
@@ -333,7 +337,7 @@ async fn connect(
     topology.declare(&publish).await.map_err(|e| match e {
         crate::amqp::AmqpError::Lapin(e) => e,
         crate::amqp::AmqpError::Nacked => lapin::Error::from(
-            lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Error, "declare".into()),
+            lapin::ErrorKind::InvalidChannelState(lapin::ChannelState::Error, "declare"),
         ),
     })?;
     publish
@@ -390,12 +394,21 @@ async fn watch_queues(channel: Channel, topology: Arc<Topology>, metrics: Metric
     }
 }
 
-/// Consumes one queue until `stop` fires or the channel dies. Each message gets its own task,
-/// so a slow webhook holds up only its own message; the prefetch bounds how many run at once.
-async fn consume<F, Fut>(
+/// One queue to consume, on its own channel.
+struct Lane {
     stage: Stage,
     channel: Channel,
     queue: String,
+}
+
+/// Consumes one queue until `stop` fires or the channel dies. Each message gets its own task,
+/// so a slow webhook holds up only its own message; the prefetch bounds how many run at once.
+async fn consume<F, Fut>(
+    Lane {
+        stage,
+        channel,
+        queue,
+    }: Lane,
     ctx: Arc<Context>,
     publisher: Publisher,
     work: TaskTracker,

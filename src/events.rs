@@ -33,6 +33,10 @@ pub struct Repository {
 
 /// What a message turned out to be.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per message and taken apart at once; boxing would only add an allocation"
+)]
 pub enum Decoded {
     Build(BuildEvent),
     /// A well-formed event of another type: acknowledged and counted, nothing else.
@@ -259,7 +263,8 @@ pub(crate) mod tests {
     #[test]
     fn invalid_events_are_refused_with_a_reason() {
         let long_id = "x".repeat(129);
-        let cases: Vec<(&str, Vec<u8>, fn(&EventError) -> bool)> = vec![
+        type Case = (&'static str, Vec<u8>, fn(&EventError) -> bool);
+        let cases: Vec<Case> = vec![
             ("not json", b"{not json".to_vec(), |e| {
                 matches!(e, EventError::Json(_))
             }),

@@ -163,12 +163,14 @@ mod tests {
     #[test]
     fn unusable_rows_name_the_problem() {
         let eleven: Vec<String> = (0..11).map(|i| format!("t{i}")).collect();
-        let cases: Vec<(
-            &str,
-            Option<&str>,
-            Option<&[String]>,
+        /// (trigger_type, expression, tags, the error expected)
+        type Case<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<&'a [String]>,
             fn(&TriggerError) -> bool,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             (
                 "expression",
                 Some("release-(v"),

@@ -193,7 +193,21 @@ async fn the_notification_is_exact_and_recorded() {
     );
     assert!(status["at"].as_str().unwrap().ends_with('Z'));
 
-    let row: (Uuid, String, i64, String, String, String, String, String, i32, Option<i32>, Option<String>, Option<String>) = sqlx::query_as(
+    type Row = (
+        Uuid,
+        String,
+        i64,
+        String,
+        String,
+        String,
+        String,
+        String,
+        i32,
+        Option<i32>,
+        Option<String>,
+        Option<String>,
+    );
+    let row: Row = sqlx::query_as(
         "SELECT id, event_id, webhook_id, namespace, repository, tag, digest, status, attempts, http_status, error, request_body FROM deliveries",
     )
     .fetch_one(&app.pg)
