@@ -76,6 +76,14 @@ pub enum Settle {
     Abandon,
 }
 
+/// A consumed message, as the handlers see it.
+#[derive(Debug)]
+pub struct Inbound {
+    pub body: Vec<u8>,
+    /// How often the queue handed it out before (its `x-delivery-count`).
+    pub redeliveries: i64,
+}
+
 pub struct App {
     settings: Settings,
     pool: PgPool,
@@ -415,7 +423,7 @@ async fn consume<F, Fut>(
     stop: CancellationToken,
     handler: F,
 ) where
-    F: Fn(Arc<Context>, Publisher, Vec<u8>) -> Fut,
+    F: Fn(Arc<Context>, Publisher, Inbound) -> Fut,
     Fut: Future<Output = Settle> + Send + 'static,
 {
     let mut consumer = match channel
@@ -463,7 +471,11 @@ async fn consume<F, Fut>(
             );
         }
         let (acker, tag) = (delivery.acker, delivery.delivery_tag);
-        let task = handler(ctx.clone(), publisher.clone(), delivery.data);
+        let inbound = Inbound {
+            body: delivery.data,
+            redeliveries,
+        };
+        let task = handler(ctx.clone(), publisher.clone(), inbound);
         let window = window.clone();
         work.spawn(async move {
             // A panic must not strand the message unacknowledged: return it, so the delivery
@@ -480,8 +492,9 @@ async fn consume<F, Fut>(
     }
 }
 
-/// Redeliveries after which a message is reported as probably poisonous.
-const POISON_WARNING: i64 = 5;
+/// Redeliveries after which a message is reported as probably poisonous (and the event stage
+/// stops making first attempts inline for it: see [`pipeline`]).
+pub const POISON_WARNING: i64 = 5;
 
 /// How often a quorum queue has handed this message out before (its `x-delivery-count`).
 fn delivery_count(properties: &lapin::BasicProperties) -> i64 {

@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 use tracing::Instrument as _;
 
 use crate::amqp::{Job, Publisher};
-use crate::app::{Context, Settle};
+use crate::app::{Context, Inbound, POISON_WARNING, Settle};
 use crate::delivery::gate::Pass;
 use crate::delivery::{Target, attempt, publish_status, settle_after};
 use crate::events::{self, BuildEvent, Decoded};
@@ -21,7 +21,8 @@ use crate::payload;
 use crate::store::{self, Decision, DeliveryStatus, EventDecisions, Webhook, delivery_id};
 
 /// Handles one message of the events queue.
-pub async fn handle_event(ctx: Arc<Context>, publisher: Publisher, body: Vec<u8>) -> Settle {
+pub async fn handle_event(ctx: Arc<Context>, publisher: Publisher, message: Inbound) -> Settle {
+    let body = message.body;
     let event = match events::decode(&body) {
         Ok(Decoded::Build(event)) => event,
         Ok(Decoded::Ignored { event_type }) => {
@@ -38,10 +39,15 @@ pub async fn handle_event(ctx: Arc<Context>, publisher: Publisher, body: Vec<u8>
     };
     ctx.metrics.event(EventResult::Accepted);
     let span = tracing::info_span!("event", event_id = %event.event_id);
-    fan_out(&ctx, &publisher, event).instrument(span).await
+    // An inline delivery is left to its event's next redelivery if this worker dies; an event
+    // near the delivery limit may have none, so its deliveries go to jobs the sweeper watches.
+    let inline = message.redeliveries < POISON_WARNING;
+    fan_out(&ctx, &publisher, event, inline)
+        .instrument(span)
+        .await
 }
 
-async fn fan_out(ctx: &Context, publisher: &Publisher, event: BuildEvent) -> Settle {
+async fn fan_out(ctx: &Context, publisher: &Publisher, event: BuildEvent, inline: bool) -> Settle {
     tracing::debug!("event received");
     let repo = &event.repository;
     let webhooks = store::with_retries(
@@ -70,6 +76,7 @@ async fn fan_out(ctx: &Context, publisher: &Publisher, event: BuildEvent) -> Set
         .map(|w| {
             let mut d = decide(ctx, w, &event);
             if d.status == DeliveryStatus::Pending
+                && inline
                 && let Some(pass) = ctx.gate.try_inline(w.id, now)
             {
                 passes.insert(w.id, pass);

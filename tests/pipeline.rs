@@ -533,3 +533,47 @@ async fn a_message_that_always_fails_is_dead_lettered_by_the_delivery_limit() {
     assert_eq!(receiver.count(), 1);
     app.teardown().await;
 }
+
+/// An inline first attempt relies on its event coming again if the worker dies; an event near
+/// the delivery limit may not, so from its fifth redelivery on its deliveries are handed to jobs,
+/// which the sweeper watches.
+#[tokio::test]
+async fn an_event_redelivered_five_times_hands_its_deliveries_to_jobs() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    app.insert_webhook("a", &receiver.url("/a"), Trigger::All)
+        .await;
+    // The first five tries to record the event's decisions fail: five redeliveries. A sequence
+    // counts the tries, since a failed statement rolls back everything else.
+    sqlx::raw_sql(
+        "CREATE SEQUENCE flaky_tries;
+         CREATE FUNCTION flaky() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.event_id = 'flaky' AND nextval('flaky_tries') <= 5 THEN RAISE EXCEPTION 'flaky'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER flaky BEFORE INSERT ON deliveries FOR EACH ROW EXECUTE FUNCTION flaky();",
+    )
+    .execute(&app.pg)
+    .await
+    .unwrap();
+    let mut flaky = event("latest");
+    flaky["event_id"] = "flaky".into();
+    app.publish_event(&flaky).await;
+
+    let status = app.next_status(30 * SECOND).await;
+    assert_eq!(status["status"], "succeeded");
+    assert_eq!(receiver.count(), 1);
+    assert_eq!(
+        app.metric(r#"tagcast_messages_redelivered_total{stage="events"}"#)
+            .await,
+        5.0
+    );
+    assert_eq!(
+        (
+            app.metric(r#"tagcast_first_attempts_total{path="inline"}"#)
+                .await,
+            app.metric(r#"tagcast_first_attempts_total{path="queued"}"#)
+                .await
+        ),
+        (0.0, 1.0)
+    );
+    app.teardown().await;
+}

@@ -15,7 +15,7 @@ pub use client::{AttemptReport, ClientError, ClientSettings, WebhookClient};
 pub use retry::RetryPolicy;
 
 use crate::amqp::{Job, Pending, Publisher, confirmed};
-use crate::app::{Context, Settle};
+use crate::app::{Context, Inbound, Settle};
 use crate::config::redact_url;
 use crate::metrics::Stage;
 use crate::status::StatusEvent;
@@ -23,8 +23,8 @@ use crate::store::{self, Claim, DeliveryRecord, DeliveryStatus, NewAttempt};
 use retry::{Verdict, classify};
 
 /// Handles one message of the delivery queue.
-pub async fn handle_job(ctx: Arc<Context>, publisher: Publisher, body: Vec<u8>) -> Settle {
-    let job: Job = match serde_json::from_slice(&body) {
+pub async fn handle_job(ctx: Arc<Context>, publisher: Publisher, message: Inbound) -> Settle {
+    let job: Job = match serde_json::from_slice(&message.body) {
         Ok(job) => job,
         Err(e) => {
             tracing::warn!(reason = %e, "malformed delivery job dead-lettered");
