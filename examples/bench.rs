@@ -1,7 +1,11 @@
 //! The benchmark: tagcast against the local RabbitMQ and PostgreSQL and a local receiver, beside
 //! a raw ceiling measured in the same run on the same parts. Prints medians of `--runs` runs.
 //!
-//! `scripts/bench [--events N] [--runs R] [--rate-seconds S]`
+//! `scripts/bench [--events N] [--runs R] [--rate-seconds S] [--no-status-queue]`
+//!
+//! A durable quorum queue is bound to the status exchange, as a consumer of status events would
+//! have it (nobody reads it during the run); `--no-status-queue` leaves the exchange unbound, so
+//! the broker drops each status event after confirming it.
 //!
 //! Measures: the receiver's own capacity; the raw ceiling (consume → POST → INSERT → ack, no
 //! webhook logic); tagcast draining a backlog with fan-out 1 and 10 (deliveries per second, CPU
@@ -29,6 +33,8 @@ struct Args {
     binary: String,
     /// Run one measure only: raw, drain1, drain10 or latency (for profiling).
     only: Option<String>,
+    /// Bind a durable queue to the status exchange, as a consumer of status events would.
+    status_queue: bool,
 }
 
 fn args() -> Args {
@@ -38,11 +44,16 @@ fn args() -> Args {
         rate_seconds: 10,
         binary: std::env::var("TAGCAST_BIN").unwrap_or_else(|_| "target/release/tagcast".into()),
         only: None,
+        status_queue: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         if arg == "--only" {
             a.only = it.next();
+            continue;
+        }
+        if arg == "--no-status-queue" {
+            a.status_queue = false;
             continue;
         }
         let mut value = || {
@@ -296,8 +307,11 @@ fn cpu_of(name: &str) -> f64 {
 
 /// Publishes a backlog of `events` events for `fanout` webhooks, then starts tagcast and times
 /// how long it takes until every delivery has arrived and is recorded `succeeded`.
-async fn drain(binary: &str, events: usize, fanout: usize) -> Drain {
+async fn drain(binary: &str, events: usize, fanout: usize, status_queue: bool) -> Drain {
     let env = Env::create("bench").await;
+    if status_queue {
+        env.bind_status_queue().await;
+    }
     let receiver = CountingReceiver::start().await;
     env.insert_webhooks(receiver.addr, fanout).await;
     // Start once so the queues exist, then stop: the backlog waits for a cold start.
@@ -368,8 +382,11 @@ async fn drain(binary: &str, events: usize, fanout: usize) -> Drain {
 
 /// Offers `rate` events per second (fan-out 1) for `seconds`; returns p50 and p99 in ms from the
 /// event's send time to its arrival at the receiver.
-async fn latency(binary: &str, rate: u64, seconds: u64) -> (f64, f64) {
+async fn latency(binary: &str, rate: u64, seconds: u64, status_queue: bool) -> (f64, f64) {
     let env = Env::create("lat").await;
+    if status_queue {
+        env.bind_status_queue().await;
+    }
     let receiver = CountingReceiver::start().await;
     env.insert_webhooks(receiver.addr, 1).await;
     let mut worker = Worker::spawn(&env, binary);
@@ -530,8 +547,14 @@ fn print_drain(name: &str, d: &Drain) {
 async fn main() {
     let a = args();
     println!(
-        "tagcast benchmark: {} events per drain, medians of {} runs",
-        a.events, a.runs
+        "tagcast benchmark: {} events per drain, medians of {} runs, status events {}",
+        a.events,
+        a.runs,
+        if a.status_queue {
+            "stored in a bound quorum queue"
+        } else {
+            "unrouted (no queue bound)"
+        }
     );
 
     for (name, ns) in trigger_micro() {
@@ -546,15 +569,23 @@ async fn main() {
                 raw_ceiling(&receiver, a.events).await
             );
         }
-        Some("drain1") => return print_drain("fan-out 1", &drain(&a.binary, a.events, 1).await),
+        Some("drain1") => {
+            return print_drain(
+                "fan-out 1",
+                &drain(&a.binary, a.events, 1, a.status_queue).await,
+            );
+        }
         Some("drain10") => {
-            return print_drain("fan-out 10", &drain(&a.binary, a.events / 10, 10).await);
+            return print_drain(
+                "fan-out 10",
+                &drain(&a.binary, a.events / 10, 10, a.status_queue).await,
+            );
         }
         Some("down") => return receiver_down(&a.binary, a.events, a.rate_seconds).await,
         Some("latency") => {
             return println!(
                 "p50/p99 {:?} ms",
-                latency(&a.binary, 1000, a.rate_seconds).await
+                latency(&a.binary, 1000, a.rate_seconds, a.status_queue).await
             );
         }
         Some(other) => panic!("unknown measure {other}"),
@@ -570,9 +601,9 @@ async fn main() {
     let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
     for run in 1..=a.runs {
         raw.push(raw_ceiling(&receiver, a.events).await);
-        d1.push(drain(&a.binary, a.events, 1).await);
-        d10.push(drain(&a.binary, a.events / 10 * 2, 10).await);
-        let (p50, p99) = latency(&a.binary, 1000, a.rate_seconds).await;
+        d1.push(drain(&a.binary, a.events, 1, a.status_queue).await);
+        d10.push(drain(&a.binary, a.events / 10 * 2, 10, a.status_queue).await);
+        let (p50, p99) = latency(&a.binary, 1000, a.rate_seconds, a.status_queue).await;
         p50s.push(p50);
         p99s.push(p99);
         println!(

@@ -219,6 +219,56 @@ impl Env {
         false
     }
 
+    /// The queue a consumer of status events would have: durable, quorum, bound to every
+    /// status. Nobody reads it; `destroy` deletes it. Without it the broker drops each status
+    /// event as unroutable, which costs it less than storing it as production would.
+    pub fn status_queue(&self) -> String {
+        format!("{}.status.consumer", self.prefix)
+    }
+
+    pub async fn bind_status_queue(&self) {
+        let conn = Connection::connect(AMQP, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.exchange_declare(
+            self.status_exchange().as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+        ch.queue_declare(
+            self.status_queue().as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            self.status_queue().as_str().into(),
+            self.status_exchange().as_str().into(),
+            "delivery.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let _ = conn.close(200, "bound".into()).await;
+    }
+
     /// Drops the database and every queue and exchange of the environment.
     pub async fn destroy(self) {
         self.pg.close().await;
@@ -230,7 +280,7 @@ impl Env {
                 events_exchange: self.events_exchange(),
                 status_exchange: self.status_exchange(),
             };
-            for q in topology.queues() {
+            for q in topology.queues().into_iter().chain([self.status_queue()]) {
                 let _ = ch
                     .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                     .await;
