@@ -282,6 +282,60 @@ async fn an_event_delivered_twice_is_recorded_and_sent_once() {
     app.teardown().await;
 }
 
+/// Two copies of one event in one batch of decisions (a publisher that sent it twice): the first
+/// sends, the second only finishes from the record.
+#[tokio::test]
+async fn the_same_event_twice_in_one_batch_is_sent_once() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    app.insert_webhook("a", &receiver.url("/a"), Trigger::All)
+        .await;
+    app.insert_webhook("b", &receiver.url("/b"), Trigger::Tags(&["other"]))
+        .await;
+    // A lock on the webhooks holds up the batch of another event (its foreign-key checks wait),
+    // so both copies queue up behind it and make the next batch together.
+    let mut lock = app.pg.begin().await.unwrap();
+    sqlx::query("SELECT id FROM webhooks FOR UPDATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut other = event("latest");
+    other["event_id"] = "another-event".into();
+    app.publish_event(&other).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = event("latest");
+    app.publish_event(&e).await;
+    app.publish_event(&e).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.rollback().await.unwrap();
+    // Each copy publishes both statuses (the second copy's `succeeded` may wait for the first
+    // copy's claim on the attempt), after the other event's two.
+    let statuses: Vec<Value> = app
+        .statuses(6, 30 * SECOND)
+        .await
+        .into_iter()
+        .filter(|s| s["event_id"] != "another-event")
+        .collect();
+    let mut seen: Vec<String> = statuses
+        .iter()
+        .map(|x| x["status"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["not_triggered", "not_triggered", "succeeded", "succeeded"]
+    );
+    assert_eq!(receiver.count(), 2, "sent once, beside the other event");
+    let (rows, attempts): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM deliveries), (SELECT count(*) FROM delivery_attempts)",
+    )
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert_eq!((rows, attempts), (4, 2));
+    app.teardown().await;
+}
+
 #[tokio::test]
 async fn invalid_events_are_dead_lettered_and_the_next_valid_one_is_delivered() {
     let mut app = TestApp::spawn().await;

@@ -216,16 +216,18 @@ pub async fn record_decisions(
     }
     // An event twice in one batch (the broker redelivered it meanwhile): only the first copy may
     // treat the rows as its own; the second finishes them as a repeat.
-    let mut out = Vec::with_capacity(batch.len());
-    for e in &batch {
-        match by_event.remove(&e.event.event_id) {
-            Some(rows) => {
-                let repeat: Vec<(DeliveryRecord, bool)> =
-                    rows.iter().map(|(r, _)| (r.clone(), false)).collect();
-                by_event.insert(e.event.event_id.clone(), repeat);
-                out.push(rows);
-            }
-            None => out.push(Vec::new()),
+    let mut out: Vec<Vec<(DeliveryRecord, bool)>> = Vec::with_capacity(batch.len());
+    let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, e) in batch.iter().enumerate() {
+        let event_id = e.event.event_id.as_str();
+        if let Some(rows) = by_event.remove(event_id) {
+            first.insert(event_id, i);
+            out.push(rows);
+        } else if let Some(&j) = first.get(event_id) {
+            let repeat = out[j].iter().map(|(r, _)| (r.clone(), false)).collect();
+            out.push(repeat);
+        } else {
+            out.push(Vec::new());
         }
     }
     Ok(out)
