@@ -129,21 +129,7 @@ async fn raw_ceiling(receiver: &CountingReceiver, messages: usize) -> f64 {
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let queue = format!("{}.raw", env.prefix);
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        lapin::types::AMQPValue::LongString("quorum".into()),
-    );
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .unwrap();
+    support::declare_quorum_queue(&ch, &queue).await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();

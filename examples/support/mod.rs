@@ -231,32 +231,12 @@ impl Env {
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
-        ch.exchange_declare(
-            self.status_exchange().as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            lapin::types::AMQPValue::LongString("quorum".into()),
-        );
-        ch.queue_declare(
-            self.status_queue().as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await
-        .unwrap();
+        declare_topic_exchange(&ch, &self.status_exchange())
+            .await
+            .unwrap();
+        declare_quorum_queue(&ch, &self.status_queue())
+            .await
+            .unwrap();
         ch.queue_bind(
             self.status_queue().as_str().into(),
             self.status_exchange().as_str().into(),
@@ -302,6 +282,35 @@ impl Env {
     }
 }
 
+/// Declares a durable topic exchange, as tagcast declares its own.
+pub async fn declare_topic_exchange(ch: &Channel, name: &str) -> Result<(), lapin::Error> {
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        name.into(),
+        ExchangeKind::Topic,
+        options,
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// Declares a durable quorum queue with no other arguments.
+pub async fn declare_quorum_queue(ch: &Channel, name: &str) -> Result<(), lapin::Error> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(name.into(), options, args).await.map(drop)
+}
+
 /// Publishes build events with publisher confirms, reconnecting when the broker goes away, so
 /// that "published" means "the broker has it".
 pub struct EventPublisher {
@@ -332,18 +341,7 @@ impl EventPublisher {
                     .confirm_select(ConfirmSelectOptions::default())
                     .await
                     .is_ok()
-                && ch
-                    .exchange_declare(
-                        self.exchange.as_str().into(),
-                        ExchangeKind::Topic,
-                        ExchangeDeclareOptions {
-                            durable: true,
-                            ..Default::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await
-                    .is_ok()
+                && declare_topic_exchange(&ch, &self.exchange).await.is_ok()
             {
                 self.channel = Some((conn, ch));
                 continue;
