@@ -333,6 +333,11 @@ async fn the_same_event_twice_in_one_batch_is_sent_once() {
     .await
     .unwrap();
     assert_eq!((rows, attempts), (4, 2));
+    assert_eq!(
+        app.metric("tagcast_database_retries_total").await,
+        0.0,
+        "a duplicate is not mistaken for an outage"
+    );
     app.teardown().await;
 }
 

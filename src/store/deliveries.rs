@@ -171,7 +171,14 @@ pub async fn record_decisions(
         Vec::with_capacity(rows),
         Vec::with_capacity(rows),
     );
+    // A second copy of an event in the same batch adds no rows: one statement may not insert (or
+    // update) the same (event_id, webhook_id) twice, and the copy gets the first one's rows as a
+    // repeat below.
+    let mut included = std::collections::HashSet::with_capacity(batch.len());
     for e in &batch {
+        if !included.insert(e.event.event_id.as_str()) {
+            continue;
+        }
         for d in &e.decisions {
             ids.push(d.id);
             event_ids.push(e.event.event_id.as_str());

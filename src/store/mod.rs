@@ -51,11 +51,12 @@ impl StoreError {
 fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => db.code().is_none_or(|code| {
-            // 22: data exception, 23: integrity constraint, 42: syntax or access rule,
-            // P0: raised by PL/pgSQL. Everything else (08 connection, 28 authorization,
-            // 3D no such database, 40 rollback, 53 resources, 55 not accepting connections,
-            // 57 operator intervention, 58 system, XX internal) can clear up by itself.
-            !["22", "23", "42", "P0"]
+            // 21: cardinality (a row affected twice by one statement), 22: data exception,
+            // 23: integrity constraint, 42: syntax or access rule, P0: raised by PL/pgSQL.
+            // Everything else (08 connection, 28 authorization, 3D no such database,
+            // 40 rollback, 53 resources, 55 not accepting connections, 57 operator
+            // intervention, 58 system, XX internal) can clear up by itself.
+            !["21", "22", "23", "42", "P0"]
                 .iter()
                 .any(|class| code.starts_with(class))
         }),
