@@ -10,7 +10,8 @@
 //! Measures: the receiver's own capacity; the raw ceiling (consume → POST → INSERT → ack, no
 //! webhook logic); tagcast draining a backlog with fan-out 1 and 10 (deliveries per second, CPU
 //! seconds per 1,000 deliveries, peak RSS); latency from the event's send time to the receiver at
-//! 1,000 events per second offered; trigger evaluation per webhook.
+//! 1,000 events per second offered; trigger evaluation per webhook; and the floor, the CPU that
+//! each part SPEC asks of a delivery costs on its own (see `Floor`), with the rate it allows.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -19,10 +20,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use futures_util::StreamExt as _;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
+use sqlx::{Connection as _, PgConnection};
 use support::{CountingReceiver, Env, EventPublisher, Worker, event_body};
 use uuid::Uuid;
 
@@ -31,7 +34,7 @@ struct Args {
     runs: usize,
     rate_seconds: u64,
     binary: String,
-    /// Run one measure only: raw, drain1, drain10 or latency (for profiling).
+    /// Run one measure only: raw, drain1, drain10, latency, floor or down (for profiling).
     only: Option<String>,
     /// Bind a durable queue to the status exchange, as a consumer of status events would.
     status_queue: bool,
@@ -253,6 +256,19 @@ struct Drain {
     receiver_per_1000: f64,
     /// Share of the machine's CPU time left idle during the drain.
     idle: f64,
+}
+
+/// CPU seconds (user + system) used so far by the calling thread.
+fn thread_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let ticks: f64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0 // USER_HZ on Linux
 }
 
 /// Busy and idle CPU seconds of the whole machine so far, from /proc/stat.
@@ -517,6 +533,282 @@ fn trigger_micro() -> Vec<(&'static str, f64)> {
         .collect()
 }
 
+/// CPU seconds per 1,000 of each part that SPEC asks of every delivery, measured on its own at
+/// full speed with no webhook logic. Servers and the receiver only, plus an HTTP client: the
+/// AMQP and database clients and all of tagcast's own work come on top, so the sum is a floor
+/// that no design on these parts can go below.
+struct Floor {
+    /// RabbitMQ: a persistent status event published with confirms, stored in a bound quorum
+    /// queue (dropped unrouted with `--no-status-queue`).
+    status_event: f64,
+    /// RabbitMQ: an event consumed from a quorum queue and acknowledged (64 per acknowledgement);
+    /// a delivery pays 1/fan-out of it.
+    event: f64,
+    /// PostgreSQL: a delivery row written once, already final, and its attempt row, in tagcast's
+    /// schema, 64 deliveries per transaction.
+    records: f64,
+    /// The benchmark's receiver answering a POST of the notification.
+    receiver: f64,
+    /// reqwest sending that POST with the contract's headers and signature, on a thread of its own.
+    http_client: f64,
+}
+
+impl Floor {
+    fn per_delivery(&self, fanout: usize) -> f64 {
+        self.status_event
+            + self.event / fanout as f64
+            + self.records
+            + self.receiver
+            + self.http_client
+    }
+}
+
+/// A status event as tagcast publishes it (SPEC section 7), for its size.
+fn status_body() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "delivery_id": Uuid::new_v4(), "event_id": Uuid::new_v4(), "webhook_id": 42,
+        "webhook_name": "hook0", "namespace": "chaos", "repository": "repo", "tag": "t1796011200000000",
+        "digest": "sha256:457f4aa83fc9a6663ab9d1b0a6e2dce25a12a943ed5bf2c1747c58d48bbb4917",
+        "status": "succeeded", "attempt": 1, "http_status": 200, "duration_ms": 2, "error": null,
+        "next_attempt_at": null, "at": "2026-11-29T04:25:47.120Z"
+    }))
+    .unwrap()
+}
+
+/// The notification tagcast would send for one event.
+fn notification() -> String {
+    match tagcast::events::decode(&event_body(&Uuid::new_v4().to_string())) {
+        Ok(tagcast::events::Decoded::Build(event)) => tagcast::payload::render(&event),
+        _ => unreachable!("the benchmark's event is a build event"),
+    }
+}
+
+async fn floor(n: usize, status_queue: bool) -> Floor {
+    let receiver = CountingReceiver::start().await;
+    let env = Env::create("floor").await;
+    if status_queue {
+        env.bind_status_queue().await;
+    } else {
+        let conn = Connection::connect(support::AMQP, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        support::declare_topic_exchange(&ch, &env.status_exchange())
+            .await
+            .unwrap();
+        let _ = conn.close(200, "declared".into()).await;
+    }
+    let conn = Connection::connect(support::AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    // Status events: windows of 1,000 in flight, as tagcast's confirms are pipelined.
+    let body = status_body();
+    let broker0 = cpu_of("beam.smp");
+    for _ in 0..n.div_ceil(1000) {
+        let mut pending = Vec::with_capacity(1000);
+        for _ in 0..1000 {
+            pending.push(
+                ch.basic_publish(
+                    env.status_exchange().as_str().into(),
+                    "delivery.succeeded".into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into()),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for p in pending {
+            assert!(p.await.unwrap().is_ack());
+        }
+    }
+    let status_event = (cpu_of("beam.smp") - broker0) / (n.div_ceil(1000) * 1000) as f64 * 1000.0;
+
+    // Events: published first (the registry's cost, not measured), then consumed and acknowledged.
+    let queue = format!("{}.floor.events", env.prefix);
+    support::declare_quorum_queue(&ch, &queue).await.unwrap();
+    for _ in 0..n.div_ceil(1000) {
+        let mut pending = Vec::with_capacity(1000);
+        for _ in 0..1000 {
+            let event = event_body(&Uuid::new_v4().to_string());
+            pending.push(
+                ch.basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &event,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for p in pending {
+            p.await.unwrap();
+        }
+    }
+    let consume = conn.create_channel().await.unwrap();
+    consume
+        .basic_qos(512, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = consume
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let events = n.div_ceil(1000) * 1000;
+    let broker0 = cpu_of("beam.smp");
+    for i in 1..=events {
+        let delivery = consumer.next().await.unwrap().unwrap();
+        if i % 64 == 0 || i == events {
+            delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .unwrap();
+        }
+    }
+    let event = (cpu_of("beam.smp") - broker0) / events as f64 * 1000.0;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(200, "done".into()).await;
+
+    // Records: one connection, one transaction of 64 deliveries and 64 attempts at a time.
+    env.insert_webhooks(receiver.addr, 1).await;
+    let webhook: i64 = sqlx::query_scalar("SELECT id FROM webhooks")
+        .fetch_one(&env.pg)
+        .await
+        .unwrap();
+    let request_body = notification();
+    let mut db = PgConnection::connect(&env.database_url()).await.unwrap();
+    let database0 = cpu_of("postgres");
+    for _ in 0..n.div_ceil(64) {
+        let ids: Vec<Uuid> = (0..64).map(|_| Uuid::new_v4()).collect();
+        let events: Vec<String> = (0..64).map(|_| Uuid::new_v4().to_string()).collect();
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, \
+             status, attempts, http_status, request_body, occurred_at, duration_ms, watched) \
+             SELECT id, event_id, $3, 'chaos', 'repo', 't1', $4, 'succeeded', 1, 200, $5, now(), 2, false \
+             FROM unnest($1::uuid[], $2::text[]) AS u(id, event_id)",
+        )
+        .bind(&ids)
+        .bind(&events)
+        .bind(webhook)
+        .bind("sha256:457f4aa83fc9a6663ab9d1b0a6e2dce25a12a943ed5bf2c1747c58d48bbb4917")
+        .bind(&request_body)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status, response_body) \
+             SELECT id, 1, now(), 2, 200, 'ok' FROM unnest($1::uuid[]) AS u(id)",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let records = (cpu_of("postgres") - database0) / (n.div_ceil(64) * 64) as f64 * 1000.0;
+    drop(db);
+
+    // HTTP: 64 concurrent keep-alive requests from one thread of its own, so that its CPU time
+    // tells the client from the receiver, which runs on this process's other threads.
+    let url = format!("http://{}/hook/0?secret=x", receiver.addr);
+    let body: Arc<str> = notification().into();
+    let per_task = n.div_ceil(64);
+    let own0 = process_usage(std::process::id()).0;
+    let client_seconds = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap();
+            let started = thread_cpu();
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let (client, url, body) = (client.clone(), url.clone(), body.clone());
+                    tokio::spawn(async move {
+                        for _ in 0..per_task {
+                            let id = Uuid::new_v4().to_string();
+                            let timestamp = Utc::now().timestamp();
+                            let signature = tagcast::payload::sign(
+                                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                                &id,
+                                timestamp,
+                                &body,
+                            )
+                            .unwrap();
+                            let mut request = client
+                                .post(&url)
+                                .header("content-type", "application/json")
+                                .header("webhook-id", id)
+                                .header("webhook-timestamp", timestamp.to_string())
+                                .body(body.to_string());
+                            if let Some(signature) = signature {
+                                request = request.header("webhook-signature", signature);
+                            }
+                            let response = request.send().await.unwrap();
+                            let _ = response.bytes().await;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            thread_cpu() - started
+        })
+    })
+    .join()
+    .unwrap();
+    let requests = (per_task * 64) as f64;
+    let own = process_usage(std::process::id()).0 - own0;
+    let http_client = client_seconds / requests * 1000.0;
+    let receiver = (own - client_seconds) / requests * 1000.0;
+    env.destroy().await;
+    Floor {
+        status_event,
+        event,
+        records,
+        receiver,
+        http_client,
+    }
+}
+
+fn print_floor(f: &Floor) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "floor, CPU s per 1,000: status event {:.3} and event consumed {:.3} (RabbitMQ), records {:.3} (PostgreSQL), POST {:.3} (receiver) + {:.3} (reqwest)",
+        f.status_event, f.event, f.records, f.receiver, f.http_client
+    );
+    for fanout in [1, 10] {
+        let per_delivery = f.per_delivery(fanout);
+        println!(
+            "floor, fan-out {fanout}: {per_delivery:.3} s per 1,000 deliveries; {cores:.0} cores fully used allow at most {:.0} deliveries/s",
+            cores * 1000.0 / per_delivery
+        );
+    }
+}
+
 fn print_drain(name: &str, d: &Drain) {
     println!(
         "{name}: {:.0} deliveries/s; CPU s per 1,000 deliveries: tagcast {:.3}, RabbitMQ {:.3}, PostgreSQL {:.3}, receiver {:.3}; machine idle {:.0}%; peak RSS {:.1} MiB",
@@ -568,6 +860,7 @@ async fn main() {
                 &drain(&a.binary, a.events / 10, 10, a.status_queue).await,
             );
         }
+        Some("floor") => return print_floor(&floor(a.events, a.status_queue).await),
         Some("down") => return receiver_down(&a.binary, a.events, a.rate_seconds).await,
         Some("latency") => {
             return println!(
@@ -586,7 +879,9 @@ async fn main() {
     let mut raw = Vec::new();
     let (mut d1, mut d10) = (Vec::new(), Vec::new());
     let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+    let mut floors = Vec::new();
     for run in 1..=a.runs {
+        floors.push(floor(a.events, a.status_queue).await);
         raw.push(raw_ceiling(&receiver, a.events).await);
         d1.push(drain(&a.binary, a.events, 1, a.status_queue).await);
         d10.push(drain(&a.binary, a.events / 10 * 2, 10, a.status_queue).await);
@@ -602,6 +897,16 @@ async fn main() {
             p99
         );
     }
+    let of = |part: fn(&Floor) -> f64| median(floors.iter().map(part).collect());
+    let floor_m = Floor {
+        status_event: of(|f| f.status_event),
+        event: of(|f| f.event),
+        records: of(|f| f.records),
+        receiver: of(|f| f.receiver),
+        http_client: of(|f| f.http_client),
+    };
+    println!();
+    print_floor(&floor_m);
     let raw_m = median(raw);
     let f1 = median(d1.iter().map(|d| d.per_second).collect());
     let f10 = median(d10.iter().map(|d| d.per_second).collect());
@@ -646,6 +951,14 @@ async fn main() {
         i10 * 100.0
     );
     println!("| peak RSS of tagcast | {:.1} MiB |", rss as f64 / 1024.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    for fanout in [1, 10] {
+        let per_delivery = floor_m.per_delivery(fanout);
+        println!(
+            "| floor, fan-out {fanout}: servers, receiver and HTTP client alone | {per_delivery:.3} s per 1,000 deliveries, at most {:.0} deliveries/s |",
+            cores * 1000.0 / per_delivery
+        );
+    }
     println!(
         "| p50 / p99 at 1,000 events/s offered | {:.1} ms / {:.1} ms |",
         median(p50s),
