@@ -280,6 +280,7 @@ async fn supervise_broker(
                         stage: Stage::Events,
                         channel: channels.events,
                         queue: topology.events_queue(),
+                        concurrency: settings.event_concurrency.into(),
                     },
                     ctx.clone(),
                     publisher.clone(),
@@ -292,6 +293,7 @@ async fn supervise_broker(
                         stage: Stage::Deliveries,
                         channel: channels.deliveries,
                         queue: topology.deliveries_queue(),
+                        concurrency: settings.delivery_concurrency.into(),
                     },
                     ctx.clone(),
                     publisher,
@@ -353,11 +355,17 @@ async fn connect(
         .await?;
     let events = connection.create_channel().await?;
     events
-        .basic_qos(settings.event_concurrency, BasicQosOptions::default())
+        .basic_qos(
+            crate::acks::prefetch(settings.event_concurrency),
+            BasicQosOptions::default(),
+        )
         .await?;
     let deliveries = connection.create_channel().await?;
     deliveries
-        .basic_qos(settings.delivery_concurrency, BasicQosOptions::default())
+        .basic_qos(
+            crate::acks::prefetch(settings.delivery_concurrency),
+            BasicQosOptions::default(),
+        )
         .await?;
     let watch = connection.create_channel().await?;
     Ok((
@@ -407,15 +415,18 @@ struct Lane {
     stage: Stage,
     channel: Channel,
     queue: String,
+    /// Messages handled at once (the channel's prefetch leaves room for more).
+    concurrency: usize,
 }
 
 /// Consumes one queue until `stop` fires or the channel dies. Each message gets its own task,
-/// so a slow webhook holds up only its own message; the prefetch bounds how many run at once.
+/// so a slow webhook holds up only its own message; at most `concurrency` run at once.
 async fn consume<F, Fut>(
     Lane {
         stage,
         channel,
         queue,
+        concurrency,
     }: Lane,
     ctx: Arc<Context>,
     publisher: Publisher,
@@ -442,10 +453,21 @@ async fn consume<F, Fut>(
         }
     };
     let window = AckWindow::spawn(&work);
+    let running = Arc::new(tokio::sync::Semaphore::new(concurrency));
     loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => None,
+            permit = running.clone().acquire_owned() => permit.ok(),
+        };
+        let Some(permit) = permit else {
+            // Prefetched messages not yet started go back when the channel closes.
+            let _ = channel
+                .basic_cancel(consumer.tag(), Default::default())
+                .await;
+            return;
+        };
         let delivery = tokio::select! {
             () = stop.cancelled() => {
-                // Prefetched messages not yet started go back when the channel closes.
                 let _ = channel.basic_cancel(consumer.tag(), Default::default()).await;
                 return;
             }
@@ -487,6 +509,7 @@ async fn consume<F, Fut>(
                     tracing::error!("message handler panicked; message returned to the queue");
                     Settle::Requeue
                 });
+            drop(permit);
             settle(acker, tag, &window, outcome).await
         });
     }

@@ -129,12 +129,13 @@ pub struct Settings {
           default_value = "30s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
-    /// Events handled at once (the events queue's prefetch).
+    /// Events handled at once (the events queue's prefetch is a quarter more: see `acks::prefetch`).
     #[arg(long, global = true, env = "TAGCAST_EVENT_CONCURRENCY", value_name = "TAGCAST_EVENT_CONCURRENCY",
           default_value = "512", value_parser = clap::value_parser!(u16).range(1..))]
     pub event_concurrency: u16,
 
-    /// Webhook requests in flight at once (the delivery queue's prefetch). Each waits at most
+    /// Delivery jobs handled, so webhook requests in flight, at once (the delivery queue's
+    /// prefetch is a quarter more). Each waits at most
     /// TAGCAST_HTTP_TIMEOUT, so a few hanging receivers cannot take them all.
     #[arg(long, global = true, env = "TAGCAST_DELIVERY_CONCURRENCY", value_name = "TAGCAST_DELIVERY_CONCURRENCY",
           default_value = "512", value_parser = clap::value_parser!(u16).range(1..))]

@@ -636,3 +636,31 @@ async fn an_event_redelivered_five_times_hands_its_deliveries_to_jobs() {
     );
     app.teardown().await;
 }
+
+/// The events queue's prefetch is a quarter above TAGCAST_EVENT_CONCURRENCY (room for finished
+/// events whose acknowledgement waits to be coalesced); no more than the setting run at once.
+#[tokio::test]
+async fn no_more_events_run_at_once_than_the_concurrency_setting() {
+    const HOLD: Duration = Duration::from_millis(600);
+    let mut settings = common::test_settings();
+    settings.event_concurrency = 4; // prefetch 5
+    let mut app = TestApp::spawn_with(settings).await;
+    let receiver = Receiver::scripted(|_| Reply::status(200).after(HOLD)).await;
+    app.insert_webhook("slow", &receiver.url("/slow"), Trigger::All)
+        .await;
+    for i in 0..10 {
+        app.publish_event(&event(&format!("v{i}"))).await;
+    }
+    let mut arrivals = Vec::new();
+    for _ in 0..10 {
+        arrivals.push(receiver.next(20 * SECOND).await.at);
+    }
+    // The first four start together; the fifth only once one of them has been answered.
+    let fifth = arrivals[4].duration_since(arrivals[0]);
+    assert!(
+        fifth >= HOLD - Duration::from_millis(100),
+        "the fifth request started {fifth:?} after the first, with 4 events allowed at once"
+    );
+    app.statuses(10, 20 * SECOND).await;
+    app.teardown().await;
+}
