@@ -455,19 +455,9 @@ async fn consume<F, Fut>(
     let window = AckWindow::spawn(&work);
     let running = Arc::new(tokio::sync::Semaphore::new(concurrency));
     loop {
-        let permit = tokio::select! {
-            () = stop.cancelled() => None,
-            permit = running.clone().acquire_owned() => permit.ok(),
-        };
-        let Some(permit) = permit else {
-            // Prefetched messages not yet started go back when the channel closes.
-            let _ = channel
-                .basic_cancel(consumer.tag(), Default::default())
-                .await;
-            return;
-        };
         let delivery = tokio::select! {
             () = stop.cancelled() => {
+                // Prefetched messages not yet started go back when the channel closes.
                 let _ = channel.basic_cancel(consumer.tag(), Default::default()).await;
                 return;
             }
@@ -498,8 +488,17 @@ async fn consume<F, Fut>(
             redeliveries,
         };
         let task = handler(ctx.clone(), publisher.clone(), inbound);
-        let window = window.clone();
+        let (window, running, stop) = (window.clone(), running.clone(), stop.clone());
         work.spawn(async move {
+            // Its turn comes when fewer than `concurrency` run (the prefetch holds a few more).
+            // Waiting here, not in the loop, keeps the loop on the consumer, so a closed channel
+            // is seen at once. Stopped before its turn, it is left unsettled for the broker to
+            // return.
+            let permit = tokio::select! {
+                () = stop.cancelled() => return,
+                permit = running.acquire_owned() => permit,
+            };
+            let Ok(_permit) = permit else { return };
             // A panic must not strand the message unacknowledged: return it, so the delivery
             // limit can take it out of circulation if it keeps happening.
             let outcome = std::panic::AssertUnwindSafe(task)
@@ -509,7 +508,6 @@ async fn consume<F, Fut>(
                     tracing::error!("message handler panicked; message returned to the queue");
                     Settle::Requeue
                 });
-            drop(permit);
             settle(acker, tag, &window, outcome).await
         });
     }
