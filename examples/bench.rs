@@ -121,6 +121,50 @@ async fn receiver_capacity(receiver: &CountingReceiver, requests: usize) -> f64 
     (per_task * 64) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Fills `queue` with `messages` persistent events (confirmed, 500 at a time) and returns a
+/// consumer of it with a prefetch of 512, on a channel of its own.
+async fn backlog(
+    conn: &Connection,
+    ch: &lapin::Channel,
+    queue: &str,
+    messages: usize,
+) -> lapin::Consumer {
+    for chunk in (0..messages).collect::<Vec<_>>().chunks(500) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for _ in chunk {
+            let body = event_body(&Uuid::new_v4().to_string());
+            pending.push(
+                ch.basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for p in pending {
+            p.await.unwrap();
+        }
+    }
+    let consume = conn.create_channel().await.unwrap();
+    consume
+        .basic_qos(512, BasicQosOptions::default())
+        .await
+        .unwrap();
+    consume
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+}
+
 /// The raw ceiling: consume a message, POST it, INSERT a row, acknowledge; nothing else.
 async fn raw_ceiling(receiver: &CountingReceiver, messages: usize) -> f64 {
     let env = Env::create("raw").await;
@@ -139,40 +183,7 @@ async fn raw_ceiling(receiver: &CountingReceiver, messages: usize) -> f64 {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    for chunk in (0..messages).collect::<Vec<_>>().chunks(500) {
-        let mut pending = Vec::new();
-        for _ in chunk {
-            let body = event_body(&Uuid::new_v4().to_string());
-            pending.push(
-                ch.basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .unwrap(),
-            );
-        }
-        for p in pending {
-            p.await.unwrap();
-        }
-    }
-    let consume = conn.create_channel().await.unwrap();
-    consume
-        .basic_qos(512, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut consumer = consume
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = backlog(&conn, &ch, &queue, messages).await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
         .build()
@@ -646,41 +657,8 @@ async fn floor(n: usize, status_queue: bool) -> Floor {
     // Events: published first (the registry's cost, not measured), then consumed and acknowledged.
     let queue = format!("{}.floor.events", env.prefix);
     support::declare_quorum_queue(&ch, &queue).await.unwrap();
-    for _ in 0..n.div_ceil(1000) {
-        let mut pending = Vec::with_capacity(1000);
-        for _ in 0..1000 {
-            let event = event_body(&Uuid::new_v4().to_string());
-            pending.push(
-                ch.basic_publish(
-                    "".into(),
-                    queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &event,
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .unwrap(),
-            );
-        }
-        for p in pending {
-            p.await.unwrap();
-        }
-    }
-    let consume = conn.create_channel().await.unwrap();
-    consume
-        .basic_qos(512, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut consumer = consume
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let events = n.div_ceil(1000) * 1000;
+    let mut consumer = backlog(&conn, &ch, &queue, n).await;
+    let events = n;
     let broker0 = cpu_of("beam.smp");
     for i in 1..=events {
         let delivery = consumer.next().await.unwrap().unwrap();
