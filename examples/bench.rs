@@ -658,11 +658,10 @@ async fn floor(n: usize, status_queue: bool) -> Floor {
     let queue = format!("{}.floor.events", env.prefix);
     support::declare_quorum_queue(&ch, &queue).await.unwrap();
     let mut consumer = backlog(&conn, &ch, &queue, n).await;
-    let events = n;
     let broker0 = cpu_of("beam.smp");
-    for i in 1..=events {
+    for i in 1..=n {
         let delivery = consumer.next().await.unwrap().unwrap();
-        if i % 64 == 0 || i == events {
+        if i % 64 == 0 || i == n {
             delivery
                 .acker
                 .ack(BasicAckOptions { multiple: true })
@@ -670,7 +669,7 @@ async fn floor(n: usize, status_queue: bool) -> Floor {
                 .unwrap();
         }
     }
-    let event = (cpu_of("beam.smp") - broker0) / events as f64 * 1000.0;
+    let event = (cpu_of("beam.smp") - broker0) / n as f64 * 1000.0;
     let _ = ch
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;
