@@ -25,11 +25,9 @@ use futures_util::StreamExt as _;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use sqlx::{Connection as _, PgConnection};
 use support::{CountingReceiver, Env, EventPublisher, Worker, event_body};
-use tagcast::store::{
-    Decision, DeliveryStatus, EventDecisions, NewAttempt, deliveries, delivery_id,
-};
+use tagcast::model::{DeliveryStatus, delivery_id};
+use tagcast::store::{Decision, EventDecisions, Lease, NewAttempt, deliveries};
 use uuid::Uuid;
 
 struct Args {
@@ -168,12 +166,8 @@ async fn backlog(
 /// The raw ceiling: consume a message, POST it, INSERT a row, acknowledge; nothing else.
 async fn raw_ceiling(receiver: &CountingReceiver, messages: usize) -> f64 {
     let env = Env::create("raw").await;
-    sqlx::query("CREATE TABLE raw_records (id uuid PRIMARY KEY, status int, body text, at timestamptz DEFAULT now())").execute(&env.pg).await.unwrap();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(16)
-        .connect(&env.database_url())
-        .await
-        .unwrap();
+    env.client().await.batch_execute("CREATE TABLE raw_records (id uuid PRIMARY KEY, status int, body text, at timestamptz DEFAULT now())").await.unwrap();
+    let pool = tagcast::store::connect(&env.database_url().parse().unwrap(), 16).unwrap();
     let conn = Connection::connect(support::AMQP, ConnectionProperties::default())
         .await
         .unwrap();
@@ -205,13 +199,21 @@ async fn raw_ceiling(receiver: &CountingReceiver, messages: usize) -> f64 {
                 .unwrap();
             let status = response.status().as_u16() as i32;
             let _ = response.bytes().await;
-            sqlx::query("INSERT INTO raw_records (id, status, body) VALUES ($1, $2, $3)")
-                .bind(Uuid::new_v4())
-                .bind(status)
-                .bind(String::from_utf8_lossy(&delivery.data).into_owned())
-                .execute(&pool)
+            let db = pool.get().await.unwrap();
+            let insert = db
+                .prepare_cached("INSERT INTO raw_records (id, status, body) VALUES ($1, $2, $3)")
                 .await
                 .unwrap();
+            db.execute(
+                &insert,
+                &[
+                    &Uuid::new_v4(),
+                    &status,
+                    &String::from_utf8_lossy(&delivery.data).into_owned(),
+                ],
+            )
+            .await
+            .unwrap();
             delivery
                 .acker
                 .ack(BasicAckOptions::default())
@@ -228,7 +230,7 @@ async fn raw_ceiling(receiver: &CountingReceiver, messages: usize) -> f64 {
     let _ = ch
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await;
-    pool.close().await;
+    tagcast::store::close(&pool);
     let _ = conn.close(200, "done".into()).await;
     env.destroy().await;
     rate
@@ -349,11 +351,16 @@ async fn drain(binary: &str, events: usize, fanout: usize, status_queue: bool) -
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if receiver.seen.lock().unwrap().ids.len() >= expected {
-            let succeeded: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'succeeded'")
-                    .fetch_one(&env.pg)
-                    .await
-                    .unwrap();
+            let succeeded: i64 = env
+                .client()
+                .await
+                .query_one(
+                    "SELECT count(*) FROM deliveries WHERE status = 'succeeded'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
             if succeeded as usize >= expected {
                 break;
             }
@@ -448,9 +455,12 @@ async fn receiver_down(binary: &str, events: usize, seconds: u64) {
         .local_addr()
         .unwrap()
         .port();
-    sqlx::query("INSERT INTO webhooks (namespace, repository, name, url) VALUES ('chaos', 'repo', 'down', $1)")
-        .bind(format!("http://127.0.0.1:{port}/hook"))
-        .execute(&env.pg)
+    env.client()
+        .await
+        .execute(
+            "INSERT INTO webhooks (namespace, repository, name, url) VALUES ('chaos', 'repo', 'down', $1)",
+            &[&format!("http://127.0.0.1:{port}/hook")],
+        )
         .await
         .unwrap();
     let mut worker = Worker::spawn(&env, binary);
@@ -482,11 +492,15 @@ async fn receiver_down(binary: &str, events: usize, seconds: u64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (_, peak) = process_usage(pid);
-    let waiting: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'retrying'")
-            .fetch_one(&env.pg)
-            .await
-            .unwrap_or(0);
+    let waiting: i64 = env
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM deliveries WHERE status = 'retrying'",
+            &[],
+        )
+        .await
+        .map_or(0, |r| r.get(0));
     worker.terminate(Duration::from_secs(30));
     env.destroy().await;
     println!(
@@ -677,37 +691,40 @@ async fn floor(n: usize, status_queue: bool) -> Floor {
 
     // Records: one connection, one transaction of 64 deliveries and 64 attempts at a time.
     env.insert_webhooks(receiver.addr, 1).await;
-    let webhook: i64 = sqlx::query_scalar("SELECT id FROM webhooks")
-        .fetch_one(&env.pg)
+    let webhook: i64 = env
+        .client()
         .await
-        .unwrap();
+        .query_one("SELECT id FROM webhooks", &[])
+        .await
+        .unwrap()
+        .get(0);
     let request_body = notification();
-    let mut db = PgConnection::connect(&env.database_url()).await.unwrap();
+    let mut db = env.client().await;
     let database0 = cpu_of("postgres");
     for _ in 0..n.div_ceil(64) {
         let ids: Vec<Uuid> = (0..64).map(|_| Uuid::new_v4()).collect();
         let events: Vec<String> = (0..64).map(|_| Uuid::new_v4().to_string()).collect();
-        let mut tx = db.begin().await.unwrap();
-        sqlx::query(
+        let tx = db.transaction().await.unwrap();
+        tx.execute(
             "INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, \
              status, attempts, http_status, request_body, occurred_at, duration_ms, watched) \
              SELECT id, event_id, $3, 'chaos', 'repo', 't1', $4, 'succeeded', 1, 200, $5, now(), 2, false \
              FROM unnest($1::uuid[], $2::text[]) AS u(id, event_id)",
+            &[
+                &ids,
+                &events,
+                &webhook,
+                &"sha256:457f4aa83fc9a6663ab9d1b0a6e2dce25a12a943ed5bf2c1747c58d48bbb4917",
+                &request_body,
+            ],
         )
-        .bind(&ids)
-        .bind(&events)
-        .bind(webhook)
-        .bind("sha256:457f4aa83fc9a6663ab9d1b0a6e2dce25a12a943ed5bf2c1747c58d48bbb4917")
-        .bind(&request_body)
-        .execute(&mut *tx)
         .await
         .unwrap();
-        sqlx::query(
+        tx.execute(
             "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status, response_body) \
              SELECT id, 1, now(), 2, 200, 'ok' FROM unnest($1::uuid[]) AS u(id)",
+            &[&ids],
         )
-        .bind(&ids)
-        .execute(&mut *tx)
         .await
         .unwrap();
         tx.commit().await.unwrap();
@@ -717,11 +734,7 @@ async fn floor(n: usize, status_queue: bool) -> Floor {
 
     // The same rows as tagcast writes them, with its own statements: the decision and its claim,
     // then the attempt that finishes it; 64 deliveries per statement.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&env.database_url())
-        .await
-        .unwrap();
+    let pool = tagcast::store::connect(&env.database_url().parse().unwrap(), 1).unwrap();
     let body: Arc<str> = request_body.into();
     let database0 = cpu_of("postgres");
     for _ in 0..n.div_ceil(64) {
@@ -746,7 +759,7 @@ async fn floor(n: usize, status_queue: bool) -> Floor {
             })
             .collect();
         let ids: Vec<Uuid> = batch.iter().map(|e| e.decisions[0].id).collect();
-        deliveries::record_decisions(&pool, Duration::from_secs(60), batch)
+        deliveries::record_decisions(&pool, Lease::covering(Duration::from_secs(50)), batch)
             .await
             .unwrap();
         let attempts = ids
@@ -755,7 +768,7 @@ async fn floor(n: usize, status_queue: bool) -> Floor {
                 let attempt = NewAttempt {
                     attempt: 1,
                     started_at: Utc::now(),
-                    duration_ms: 2,
+                    duration: Duration::from_millis(2),
                     http_status: Some(200),
                     error: None,
                     response_body: Some("ok".into()),
@@ -769,7 +782,7 @@ async fn floor(n: usize, status_queue: bool) -> Floor {
     }
     let records_as_tagcast =
         (cpu_of("postgres") - database0) / (n.div_ceil(64) * 64) as f64 * 1000.0;
-    pool.close().await;
+    tagcast::store::close(&pool);
 
     // HTTP: 64 concurrent keep-alive requests from one thread of its own, so that its CPU time
     // tells the client from the receiver, which runs on this process's other threads.

@@ -1,14 +1,12 @@
 //! Typed settings (SPEC section 9): every environment variable is also a command-line flag.
 
-use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::delivery::RetryPolicy;
-use crate::delivery::guard::Cidr;
+use crate::guard::Cidr;
+use crate::redact::SecretUrl;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -160,14 +158,6 @@ pub enum LogFormat {
 }
 
 impl Settings {
-    pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            initial_delay: self.retry_initial_delay,
-            max_delay: self.retry_max_delay,
-            max_attempts: self.retry_max_attempts,
-        }
-    }
-
     /// The settings with every default, as `tagcast run` sees them with an empty environment.
     pub fn defaults() -> Settings {
         // Parsing no arguments uses the declared defaults, which are valid by construction.
@@ -179,61 +169,6 @@ impl Settings {
 
 fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(text)
-}
-
-/// A connection URL whose password must never reach a log: Debug and Display redact it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretUrl(url::Url);
-
-impl SecretUrl {
-    /// The full URL, credentials included, for handing to a client library only.
-    pub fn expose(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
-impl FromStr for SecretUrl {
-    type Err = url::ParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        url::Url::parse(s).map(SecretUrl)
-    }
-}
-
-impl fmt::Display for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown = self.0.clone();
-        if shown.password().is_some() {
-            // Setting a password fails only for URLs that cannot carry one, which have none.
-            let _ = shown.set_password(Some("REDACTED"));
-        }
-        if shown.query().is_some() {
-            shown.set_query(Some("REDACTED"));
-        }
-        f.write_str(shown.as_str())
-    }
-}
-
-impl fmt::Debug for SecretUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretUrl({self})")
-    }
-}
-
-/// A webhook URL for logs: scheme, host, port and path; the query (ACR trigger URLs carry a
-/// secret there), user name and password are never shown.
-pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) => {
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            if url.query().is_some() {
-                url.set_query(Some("REDACTED"));
-            }
-            url.set_fragment(None);
-            url.to_string()
-        }
-        Err(_) => "<unparseable url>".to_owned(),
-    }
 }
 
 #[cfg(test)]
@@ -258,12 +193,12 @@ mod tests {
             ("registry.events", "tagcast.status", "tagcast")
         );
         assert_eq!(
-            s.retry_policy(),
-            RetryPolicy {
-                initial_delay: Duration::from_secs(1),
-                max_delay: Duration::from_secs(3600),
-                max_attempts: 8
-            }
+            (
+                s.retry_initial_delay,
+                s.retry_max_delay,
+                s.retry_max_attempts
+            ),
+            (Duration::from_secs(1), Duration::from_secs(3600), 8)
         );
         assert_eq!(
             (s.http_connect_timeout, s.http_timeout),
@@ -298,14 +233,5 @@ mod tests {
         .unwrap();
         assert_eq!(cli.settings.http_timeout, Duration::from_millis(500));
         assert_eq!(cli.settings.retry_max_delay, Duration::from_secs(7200));
-    }
-
-    #[test]
-    fn urls_are_redacted_when_shown() {
-        let amqp: SecretUrl = "amqp://user:hunter2@broker:5672/%2f".parse().unwrap();
-        assert!(!format!("{amqp} {amqp:?}").contains("hunter2"));
-        assert!(amqp.expose().contains("hunter2"));
-        let shown = redact_url("https://u:p@hooks.example.com/trigger?secret=abc123#frag");
-        assert_eq!(shown, "https://hooks.example.com/trigger?REDACTED");
     }
 }

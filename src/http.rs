@@ -1,8 +1,6 @@
 //! `/metrics`, `/healthz` and `/readyz` (SPEC section 8).
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -11,21 +9,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
 use crate::metrics::Metrics;
-
-/// What the health endpoints report: reachability of both dependencies, kept up to date by the
-/// app. Cheap to clone.
-#[derive(Clone, Default)]
-pub struct Health {
-    pub broker: Arc<AtomicBool>,
-    pub database: Arc<AtomicBool>,
-}
-
-impl Health {
-    pub fn ready(&self) -> bool {
-        self.broker.load(Ordering::Acquire) && self.database.load(Ordering::Acquire)
-    }
-}
 
 /// Serves until cancelled.
 pub async fn serve(
@@ -72,12 +57,8 @@ async fn route(
         "/readyz" => {
             let why = format!(
                 "not ready: rabbitmq {}, postgresql {}\n",
-                if health.broker.load(Ordering::Acquire) {
-                    "up"
-                } else {
-                    "down"
-                },
-                if health.database.load(Ordering::Acquire) {
+                if health.broker.is_up() { "up" } else { "down" },
+                if health.database.is_up() {
                     "up"
                 } else {
                     "down"

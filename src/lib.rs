@@ -1,34 +1,59 @@
 //! tagcast: the webhook delivery worker of a container registry.
 //!
+//! # Layout
+//!
+//! Dependencies point one way, each layer importing only those above it:
+//!
+//! - **Leaves**, pure or nearly: [`model`] (a delivery's status and record, its id),
+//!   [`redact`], [`events`], [`trigger`], [`payload`], [`status`], [`retry`], [`guard`],
+//!   [`gate`], [`metrics`], [`health`], and [`config`] (the settings, read by `app` alone).
+//! - **I/O**: [`store`] (all SQL), [`amqp`] (topology, publisher, connection, acknowledgements,
+//!   queue depths), [`client`] (the webhook HTTP client), [`http`] (metrics and health).
+//! - **[`consumer`]**: the consume loop, generic over its stage, and the one place where an
+//!   outcome becomes ack, reject or requeue.
+//! - **[`stages`]**: the event stage and the job stage; [`sweeper`] and [`probe`] beside them.
+//! - **[`app`]**: wiring only.
+//!
 //! # Flow
 //!
-//! A `build.completed` event arrives on `<prefix>.events` ([`app`] consumes it) and goes to
-//! [`pipeline::handle_event`]: [`events`] validates it, [`store`] yields the repository's
-//! webhooks from a live cache, [`trigger`] decides each rule, [`payload`] renders the body, and
-//! every decision is recorded in one statement. Each webhook that fires becomes a job on
-//! `<prefix>.deliveries` ([`amqp`]); the others get their status event ([`status`]). The event is
-//! acknowledged once the records are committed and the broker has confirmed every message.
+//! A `build.completed` event arrives on `<prefix>.events`; the [`consumer`] hands it to
+//! [`stages::event`]: [`events`] validates it, [`store`] yields the repository's webhooks from a
+//! live cache, [`trigger`] decides each rule, [`payload`] renders the body, and every decision
+//! is recorded, group-committed with other events' in one statement. A webhook that fires and
+//! that the [`gate`] finds healthy gets its first attempt right there, claimed with the insert
+//! ([`stages::attempt`]); the others become jobs on `<prefix>.deliveries`; every other decision
+//! gets its status event ([`status`]).
 //!
-//! A job goes to [`delivery::handle_job`]: it claims the attempt in the database, POSTs
-//! ([`delivery`]'s client, behind the address guard), records the attempt, publishes the status
-//! event and, when the attempt is to be retried, parks the next job in a delay queue, from which
-//! it expires back into `<prefix>.deliveries` when due. No wait is ever held in tagcast.
+//! A job goes to [`stages::job`]: it claims the attempt in the database, then makes it the same
+//! way: POST ([`client`], behind the address [`guard`]), record the attempt (group-committed
+//! too), publish the status event and, when the attempt is to be retried, park the next job in
+//! a delay queue, from which it expires back into `<prefix>.deliveries` when due. No wait is ever
+//! held in tagcast.
+//!
+//! A stage returns `Result<Done, StageError>`; the consumer waits for the broker's confirms of
+//! everything the stage published, then acknowledges, coalescing runs of finished messages into
+//! one `basic.ack` ([`amqp::acks`]), or rejects or requeues.
 //!
 //! Under it all, [`sweeper`] re-queues any unfinished delivery whose job went missing: the
 //! database, not the broker, is the record of what is left to do.
-//!
-//! [`metrics`] and [`http`] expose what happens; [`config`] reads the settings.
 
-pub mod acks;
 pub mod amqp;
 pub mod app;
+pub mod client;
 pub mod config;
-pub mod delivery;
+pub mod consumer;
 pub mod events;
+pub mod gate;
+pub mod guard;
+pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod model;
 pub mod payload;
-pub mod pipeline;
+pub mod probe;
+pub mod redact;
+pub mod retry;
+pub mod stages;
 pub mod status;
 pub mod store;
 pub mod sweeper;

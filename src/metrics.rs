@@ -29,6 +29,23 @@ pub enum AttemptLabel {
 }
 
 /// Which broker queue a dead-lettered or redelivered message came from.
+/// How a delivery ended: the `status` label of `tagcast_deliveries_completed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completed {
+    Succeeded,
+    /// After its last attempt, or at once for a webhook row that cannot be used.
+    Failed,
+}
+
+/// Where a first attempt was made: the `path` label of `tagcast_first_attempts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstAttempt {
+    /// By the event stage itself.
+    Inline,
+    /// Handed to the delivery queue.
+    Queued,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Events,
@@ -250,10 +267,12 @@ impl Metrics {
         self.attempt_duration.observe(seconds);
     }
 
-    pub fn completed(&self, succeeded: bool) {
-        self.completed
-            .with_label_values(&[if succeeded { "succeeded" } else { "failed" }])
-            .inc();
+    pub fn completed(&self, completed: Completed) {
+        let label = match completed {
+            Completed::Succeeded => "succeeded",
+            Completed::Failed => "failed",
+        };
+        self.completed.with_label_values(&[label]).inc();
     }
 
     pub fn dead_lettered(&self, stage: Stage) {
@@ -262,10 +281,12 @@ impl Metrics {
             .inc();
     }
 
-    pub fn first_attempt(&self, inline: bool) {
-        self.first_attempts
-            .with_label_values(&[if inline { "inline" } else { "queued" }])
-            .inc();
+    pub fn first_attempt(&self, first: FirstAttempt) {
+        let label = match first {
+            FirstAttempt::Inline => "inline",
+            FirstAttempt::Queued => "queued",
+        };
+        self.first_attempts.with_label_values(&[label]).inc();
     }
 
     pub fn redelivered(&self, stage: Stage) {
@@ -351,7 +372,7 @@ mod tests {
         m.event(EventResult::Accepted);
         m.trigger_evaluated(TriggerKind::Tags, false);
         m.attempt(AttemptLabel::Status2xx, 0.01);
-        m.completed(true);
+        m.completed(Completed::Succeeded);
         let text = m.render();
         for family in [
             "tagcast_events_received_total{result=\"accepted\"} 1",

@@ -5,7 +5,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::store::{DeliveryRecord, DeliveryStatus};
+use crate::model::{DeliveryRecord, DeliveryStatus};
 
 /// Field order is the contract's key order.
 #[derive(Debug, Serialize)]
@@ -18,7 +18,7 @@ pub struct StatusEvent<'a> {
     pub repository: &'a str,
     pub tag: &'a str,
     pub digest: &'a str,
-    pub status: &'static str,
+    pub status: DeliveryStatus,
     pub attempt: i32,
     pub http_status: Option<i32>,
     pub duration_ms: Option<i32>,
@@ -45,7 +45,7 @@ impl<'a> StatusEvent<'a> {
             repository: &record.repository,
             tag: &record.tag,
             digest: &record.digest,
-            status: record.status.as_str(),
+            status: record.status,
             attempt: record.attempts,
             http_status: if not_triggered {
                 None
@@ -64,7 +64,7 @@ impl<'a> StatusEvent<'a> {
     }
 
     pub fn routing_key(&self) -> String {
-        format!("delivery.{}", self.status)
+        format!("delivery.{}", self.status.as_str())
     }
 
     pub fn to_json(&self) -> Vec<u8> {

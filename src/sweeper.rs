@@ -3,16 +3,15 @@
 //! lost: a broker crash while it waited in a delay queue, say) and queues a job for each again.
 //! Attempts are claimed in the database, so a job that was not lost after all sends nothing twice.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use sqlx::PgPool;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::amqp::{Job, Publisher, confirmed};
+use crate::amqp::{AmqpError, Job, Publisher, confirmed};
 use crate::metrics::Metrics;
+use crate::store::{self, Pool, StoreError};
 
 /// How often to look.
 const EVERY: Duration = Duration::from_secs(15);
@@ -22,10 +21,10 @@ const OVERDUE: Duration = Duration::from_secs(60);
 /// Deliveries re-queued per sweep at most.
 const BATCH: i64 = 1000;
 
-/// Sweeps until cancelled. `publisher` yields the current broker publisher, if connected.
+/// Sweeps until cancelled. `publisher` holds the current broker publisher while connected.
 pub async fn run(
-    pool: PgPool,
-    publisher: Arc<std::sync::Mutex<Option<Publisher>>>,
+    pool: Pool,
+    publisher: watch::Receiver<Option<Publisher>>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
@@ -36,7 +35,7 @@ pub async fn run(
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Some(publisher) = publisher.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+        let Some(publisher) = publisher.borrow().clone() else {
             continue;
         };
         match sweep(&pool, &publisher).await {
@@ -52,54 +51,28 @@ pub async fn run(
 
 #[derive(Debug, thiserror::Error)]
 enum SweepError {
-    #[error("database: {0}")]
-    Sqlx(#[from] sqlx::Error),
-    #[error("broker: {0}")]
-    Amqp(#[from] crate::amqp::AmqpError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
 }
 
-/// One sweep: claims overdue deliveries by touching them (so no other replica takes them for
-/// another `OVERDUE`), publishes a job for each, and commits only once the broker confirmed.
-async fn sweep(pool: &PgPool, publisher: &Publisher) -> Result<usize, SweepError> {
-    let mut tx = pool.begin().await?;
-    let overdue: Vec<(Uuid, i32)> = sqlx::query_as(
-        "UPDATE deliveries SET updated_at = now()
-          WHERE id IN (
-                SELECT id FROM deliveries
-                 WHERE watched AND status IN ('pending', 'retrying')
-                   -- The index `deliveries_due`: the scan ends at the first delivery not yet due.
-                   AND coalesce(next_attempt_at, created_at) < now() - make_interval(secs => $1)
-                   AND updated_at < now() - make_interval(secs => $1)
-                   AND (lease_until IS NULL OR lease_until < now())
-                 ORDER BY coalesce(next_attempt_at, created_at)
-                 LIMIT $2
-                   FOR UPDATE SKIP LOCKED)
-          RETURNING id, attempts",
-    )
-    .bind(OVERDUE.as_secs_f64())
-    .bind(BATCH)
-    .fetch_all(&mut *tx)
-    .await?;
-    if overdue.is_empty() {
-        return Ok(0);
-    }
-    let now_ms = Utc::now().timestamp_millis();
-    let mut pending = Vec::with_capacity(overdue.len());
-    for (delivery_id, attempts) in &overdue {
-        pending.push(
-            publisher
-                .job(
-                    &Job {
-                        delivery_id: *delivery_id,
-                        attempt: attempts + 1,
-                        not_before: now_ms,
-                    },
-                    now_ms,
-                )
-                .await?,
-        );
-    }
-    confirmed(pending).await?;
-    tx.commit().await?;
-    Ok(overdue.len())
+/// One sweep: publishes a job for each overdue delivery, and lets the store commit only once the
+/// broker confirmed them all.
+async fn sweep(pool: &Pool, publisher: &Publisher) -> Result<usize, SweepError> {
+    store::deliveries::requeue_overdue(pool, OVERDUE, BATCH, |overdue| async move {
+        let now = Utc::now();
+        let mut pending = Vec::with_capacity(overdue.len());
+        for (delivery_id, attempts) in overdue {
+            let job = Job {
+                delivery_id,
+                attempt: attempts + 1,
+                not_before: now,
+            };
+            pending.push(publisher.job(&job, now).await?);
+        }
+        confirmed(pending).await?;
+        Ok::<_, SweepError>(())
+    })
+    .await
 }

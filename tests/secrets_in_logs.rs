@@ -27,7 +27,7 @@ async fn no_secret_reaches_the_logs() {
     let captured = Captured::default();
     let writer = captured.clone();
     tracing_subscriber::fmt()
-        .with_env_filter("trace,hyper=info,h2=info,rustls=info,sqlx=info")
+        .with_env_filter("trace,hyper=info,h2=info,rustls=info,tokio_postgres=info")
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .init();

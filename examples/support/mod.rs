@@ -18,7 +18,6 @@ use hyper_util::rt::TokioIo;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
@@ -109,11 +108,21 @@ fn sent_at_us(body: &[u8]) -> Option<i64> {
     text[start..end].parse().ok()
 }
 
+/// A connection to the `postgres` database, for creating and dropping others.
+pub async fn admin() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL is not running");
+    tokio::spawn(connection);
+    client
+}
+
 /// An isolated environment: its own database, queue prefix and exchanges.
 pub struct Env {
     pub prefix: String,
     pub database: String,
-    pub pg: PgPool,
+    /// A pool, so that it outlives a restart of PostgreSQL.
+    pub pg: tagcast::store::Pool,
     pub metrics_port: u16,
 }
 
@@ -121,24 +130,14 @@ impl Env {
     pub async fn create(label: &str) -> Env {
         let prefix = format!("{label}{}", &Uuid::new_v4().simple().to_string()[..8]);
         let database = format!("tagcast_{prefix}");
-        let mut admin = PgConnection::connect(PG_ADMIN)
+        admin()
             .await
-            .expect("PostgreSQL is not running");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE \"{database}\""
-        )))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-        let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-        let pg = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .connect(&url)
+            .batch_execute(&format!("CREATE DATABASE \"{database}\""))
             .await
             .unwrap();
-        let pool = tagcast::store::connect(&url.parse().unwrap(), 1).unwrap();
-        tagcast::store::migrate(&pool).await.unwrap();
-        pool.close().await;
+        let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+        let pg = tagcast::store::connect(&url.parse().unwrap(), 4).unwrap();
+        tagcast::store::migrate(&pg).await.unwrap();
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -150,6 +149,11 @@ impl Env {
             pg,
             metrics_port,
         }
+    }
+
+    /// A connection from the environment's pool.
+    pub async fn client(&self) -> tagcast::store::Client {
+        self.pg.get().await.expect("PostgreSQL is not running")
     }
 
     pub fn database_url(&self) -> String {
@@ -196,10 +200,12 @@ impl Env {
     /// Inserts `count` webhooks for `chaos/repo`, each on its own path of the receiver.
     pub async fn insert_webhooks(&self, receiver: SocketAddr, count: usize) {
         for i in 0..count {
-            sqlx::query("INSERT INTO webhooks (namespace, repository, name, url) VALUES ('chaos', 'repo', $1, $2)")
-                .bind(format!("hook{i}"))
-                .bind(format!("http://{receiver}/hook/{i}?secret=x"))
-                .execute(&self.pg)
+            self.client()
+                .await
+                .execute(
+                    "INSERT INTO webhooks (namespace, repository, name, url) VALUES ('chaos', 'repo', $1, $2)",
+                    &[&format!("hook{i}"), &format!("http://{receiver}/hook/{i}?secret=x")],
+                )
                 .await
                 .unwrap();
         }
@@ -251,7 +257,7 @@ impl Env {
 
     /// Drops the database and every queue and exchange of the environment.
     pub async fn destroy(self) {
-        self.pg.close().await;
+        tagcast::store::close(&self.pg);
         if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
             && let Ok(ch) = conn.create_channel().await
         {
@@ -272,13 +278,13 @@ impl Env {
             }
             let _ = conn.close(200, "bye".into()).await;
         }
-        let mut admin = PgConnection::connect(PG_ADMIN).await.unwrap();
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.database
-        )))
-        .execute(&mut admin)
-        .await;
+        let _ = admin()
+            .await
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.database
+            ))
+            .await;
     }
 }
 
@@ -465,10 +471,15 @@ impl Verdict {
 }
 
 pub async fn verdict(env: &Env, receiver: &CountingReceiver, expected: usize) -> Verdict {
-    let rows: Vec<(Uuid, String)> = sqlx::query_as("SELECT id, status FROM deliveries")
-        .fetch_all(&env.pg)
+    let rows: Vec<(Uuid, String)> = env
+        .client()
         .await
-        .unwrap();
+        .query("SELECT id, status FROM deliveries", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     let seen = receiver.seen.lock().unwrap();
     let received: usize = seen.ids.len();
     let total: u64 = seen.ids.values().map(|&n| u64::from(n)).sum();
@@ -667,11 +678,16 @@ pub async fn run_chaos(plan: ChaosPlan, binary: &str) -> ChaosReport {
             last_progress.1 = Instant::now();
         }
         if received >= expected && faults.peek().is_none() {
-            let succeeded: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'succeeded'")
-                    .fetch_one(&env.pg)
+            let succeeded: i64 = match env.pg.get().await {
+                Ok(client) => client
+                    .query_one(
+                        "SELECT count(*) FROM deliveries WHERE status = 'succeeded'",
+                        &[],
+                    )
                     .await
-                    .unwrap_or(0);
+                    .map_or(0, |r| r.get(0)),
+                Err(_) => 0,
+            };
             if succeeded as usize >= expected {
                 break;
             }
@@ -709,13 +725,21 @@ pub async fn run_chaos(plan: ChaosPlan, binary: &str) -> ChaosReport {
 
 /// Where unfinished deliveries are stuck: printed when a run loses something.
 async fn diagnose(env: &Env) {
-    let by_status: Vec<(String, i32, bool, bool, i64)> = sqlx::query_as(
-        "SELECT status, attempts, lease_until IS NOT NULL, next_attempt_at IS NOT NULL, count(*)
-           FROM deliveries WHERE status <> 'succeeded' GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC",
-    )
-    .fetch_all(&env.pg)
-    .await
-    .unwrap_or_default();
+    let by_status: Vec<(String, i32, bool, bool, i64)> = env
+        .client()
+        .await
+        .query(
+            "SELECT status, attempts, lease_until IS NOT NULL, next_attempt_at IS NOT NULL, count(*)
+               FROM deliveries WHERE status <> 'succeeded' GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC",
+            &[],
+        )
+        .await
+        .map(|rows| {
+            rows.iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+                .collect()
+        })
+        .unwrap_or_default();
     eprintln!(
         "unfinished deliveries (status, attempts, leased, next_attempt_at set, count): {by_status:?}"
     );

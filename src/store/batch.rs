@@ -2,6 +2,7 @@
 //! one statement, so a busy worker pays one round trip for many records.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -23,54 +24,54 @@ where
     // submitters with it: past the timeout it counts as failed, and is written again.
     let written = tokio::time::timeout(WRITE_TIMEOUT, write(items.clone()))
         .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Batch {
-                transient: true,
-                text: format!("batch write took longer than {WRITE_TIMEOUT:?}"),
-            })
-        });
-    match written {
-        Ok(results) if results.len() == replies.len() => {
+        .unwrap_or(Err(StoreError::Timeout(WRITE_TIMEOUT)));
+    match fallback(written, replies.len()) {
+        Fallback::Answer(results) => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(result));
             }
         }
-        Ok(results) => {
-            let text = format!(
-                "batch write returned {} results for {} items",
-                results.len(),
-                replies.len()
-            );
+        Fallback::FailAll(e) => {
+            let e = Arc::new(e);
             for reply in replies {
-                let _ = reply.send(Err(StoreError::Batch {
-                    transient: false,
-                    text: text.clone(),
-                }));
+                let _ = reply.send(Err(StoreError::Batch(e.clone())));
             }
         }
-        Err(e) if e.is_transient() || items.len() == 1 => {
-            let transient = e.is_transient();
-            let text = e.to_string();
-            for reply in replies {
-                let _ = reply.send(Err(StoreError::Batch {
-                    transient,
-                    text: text.clone(),
-                }));
-            }
-        }
-        // Not the database's state but something in the batch: write the items one by one,
-        // so the bad one fails alone.
-        Err(_) => {
+        Fallback::OneByOne => {
             for (item, reply) in items.into_iter().zip(replies) {
                 let result = write(vec![item]).await.and_then(|mut r| {
-                    r.pop().ok_or(StoreError::Batch {
-                        transient: false,
-                        text: "batch write returned no result".into(),
+                    r.pop().ok_or(StoreError::BatchLength {
+                        got: 0,
+                        expected: 1,
                     })
                 });
                 let _ = reply.send(result);
             }
         }
+    }
+}
+
+/// What to tell the submitters of a batch of `items`, given how its write went.
+#[derive(Debug)]
+enum Fallback<O> {
+    Answer(Vec<O>),
+    /// The same error for everyone: the database's state, which one item alone would meet
+    /// too, or a batch of one.
+    FailAll(StoreError),
+    /// Not the database's state but something in the batch: write the items one by one, so
+    /// the bad one fails alone.
+    OneByOne,
+}
+
+fn fallback<O>(written: Result<Vec<O>, StoreError>, items: usize) -> Fallback<O> {
+    match written {
+        Ok(results) if results.len() == items => Fallback::Answer(results),
+        Ok(results) => Fallback::FailAll(StoreError::BatchLength {
+            got: results.len(),
+            expected: items,
+        }),
+        Err(e) if e.is_transient() || items == 1 => Fallback::FailAll(e),
+        Err(_) => Fallback::OneByOne,
     }
 }
 
@@ -118,11 +119,47 @@ where
     pub async fn submit(&self, item: I) -> Result<O, StoreError> {
         let (reply, answer) = oneshot::channel();
         // The writer stops only with the process; should it ever, the item is worth retrying.
-        let stopped = || StoreError::Batch {
-            transient: true,
-            text: "batch writer stopped".into(),
+        self.tx
+            .send((item, reply))
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(f: &Fallback<u8>) -> &'static str {
+        match f {
+            Fallback::Answer(_) => "answer",
+            Fallback::FailAll(e) if e.is_transient() => "fail all, transient",
+            Fallback::FailAll(_) => "fail all",
+            Fallback::OneByOne => "one by one",
+        }
+    }
+
+    #[test]
+    fn a_failed_batch_falls_back_by_what_failed() {
+        let timeout = || StoreError::Timeout(WRITE_TIMEOUT);
+        let bad = || StoreError::Data {
+            column: "status",
+            value: "x".into(),
         };
-        self.tx.send((item, reply)).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        // (what the batch write returned, items in it) -> what the submitters are told
+        type Case = (Result<Vec<u8>, StoreError>, usize, &'static str);
+        let cases: Vec<Case> = vec![
+            (Ok(vec![1, 2]), 2, "answer"),
+            (Ok(vec![1]), 2, "fail all"),
+            (Err(timeout()), 3, "fail all, transient"),
+            (Err(timeout()), 1, "fail all, transient"),
+            (Err(bad()), 3, "one by one"),
+            (Err(bad()), 1, "fail all"),
+        ];
+        for (written, items, expected) in cases {
+            let shown = format!("{written:?} of {items}");
+            assert_eq!(kind(&fallback(written, items)), expected, "{shown}");
+        }
     }
 }

@@ -1,78 +1,51 @@
 //! Access records (SPEC section 6): one `deliveries` row per (event, webhook) considered, one
 //! `delivery_attempts` row per HTTP attempt. Statuses are mapped to SQL text here and only here.
 
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use tokio_postgres::Row;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{Lease, Pool, StoreError, millis};
 use crate::events::BuildEvent;
+use crate::model::{DeliveryRecord, DeliveryStatus};
+use crate::retry::AttemptError;
 
-/// The life of a delivery. `NotTriggered`, `Succeeded` and `Failed` are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeliveryStatus {
-    NotTriggered,
-    Pending,
-    Retrying,
-    Succeeded,
-    Failed,
+/// The statuses of an unfinished delivery, as SQL text (see [`DeliveryStatus::as_str`]).
+macro_rules! unfinished {
+    () => {
+        "('pending', 'retrying')"
+    };
 }
 
-impl DeliveryStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::NotTriggered => "not_triggered",
-            DeliveryStatus::Pending => "pending",
-            DeliveryStatus::Retrying => "retrying",
-            DeliveryStatus::Succeeded => "succeeded",
-            DeliveryStatus::Failed => "failed",
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            DeliveryStatus::NotTriggered | DeliveryStatus::Succeeded | DeliveryStatus::Failed
-        )
-    }
-}
-
-impl TryFrom<String> for DeliveryStatus {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        Ok(match text.as_str() {
-            "not_triggered" => DeliveryStatus::NotTriggered,
-            "pending" => DeliveryStatus::Pending,
-            "retrying" => DeliveryStatus::Retrying,
-            "succeeded" => DeliveryStatus::Succeeded,
-            "failed" => DeliveryStatus::Failed,
-            _ => return Err(format!("unknown delivery status {text:?}")),
-        })
-    }
-}
-
-/// A delivery as status events show it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct DeliveryRecord {
-    pub id: Uuid,
-    pub event_id: String,
-    pub webhook_id: i64,
-    pub webhook_name: String,
-    pub namespace: String,
-    pub repository: String,
-    pub tag: String,
-    pub digest: String,
-    #[sqlx(try_from = "String")]
-    pub status: DeliveryStatus,
-    pub attempts: i32,
-    pub http_status: Option<i32>,
-    pub error: Option<String>,
-    pub duration_ms: Option<i32>,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    pub occurred_at: DateTime<Utc>,
+/// A record from a row holding [`record_columns!`].
+fn record(row: &Row) -> Result<DeliveryRecord, StoreError> {
+    let status: &str = row.try_get("status")?;
+    Ok(DeliveryRecord {
+        id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
+        webhook_id: row.try_get("webhook_id")?,
+        webhook_name: row.try_get("webhook_name")?,
+        namespace: row.try_get("namespace")?,
+        repository: row.try_get("repository")?,
+        tag: row.try_get("tag")?,
+        digest: row.try_get("digest")?,
+        status: DeliveryStatus::from_sql(status).ok_or_else(|| StoreError::Data {
+            column: "status",
+            value: status.to_owned(),
+        })?,
+        attempts: row.try_get("attempts")?,
+        http_status: row.try_get("http_status")?,
+        error: row.try_get("error")?,
+        duration_ms: row.try_get("duration_ms")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        occurred_at: row.try_get("occurred_at")?,
+    })
 }
 
 /// The columns of a [`DeliveryRecord`], from `deliveries d` joined with `webhooks w`.
@@ -97,19 +70,6 @@ pub struct Decision {
     pub claim_first_attempt: bool,
 }
 
-/// The id of the delivery of `event_id` to `webhook_id`: a version 8 UUID made of SHA-256 of both.
-pub fn delivery_id(event_id: &str, webhook_id: i64) -> Uuid {
-    use sha2::{Digest, Sha256};
-    let mut hash = Sha256::new();
-    hash.update(event_id.as_bytes());
-    hash.update([0]);
-    hash.update(webhook_id.to_be_bytes());
-    let digest = hash.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    Uuid::new_v8(bytes)
-}
-
 /// One event's decisions, as submitted to the batch writer.
 #[derive(Debug, Clone)]
 pub struct EventDecisions {
@@ -118,15 +78,23 @@ pub struct EventDecisions {
     pub decisions: Vec<Decision>,
 }
 
+/// A delivery as the decisions batch left it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub record: DeliveryRecord,
+    /// Created by this statement; otherwise it existed already (the event came before).
+    pub created: bool,
+}
+
 /// Records the decisions of many events in one statement. For each event, in order: every
-/// delivery of it among those webhooks, with `true` when this call created it; rows that
-/// already existed (the event was delivered before) come back as they are, so the caller
-/// finishes their work. A webhook deleted meanwhile simply gets no row.
+/// delivery of it among those webhooks; rows that already existed (the event was delivered
+/// before) come back as they are, so the caller finishes their work. A webhook deleted
+/// meanwhile simply gets no row.
 pub async fn record_decisions(
-    pool: &PgPool,
-    lease: Duration,
+    pool: &Pool,
+    lease: Lease,
     batch: Vec<EventDecisions>,
-) -> Result<Vec<Vec<(DeliveryRecord, bool)>>, StoreError> {
+) -> Result<Vec<Vec<Recorded>>, StoreError> {
     const SQL: &str = concat!(
         "WITH ins AS (
             INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status,
@@ -143,17 +111,11 @@ pub async fn record_decisions(
             -- update makes RETURNING include it, and xmax tells the two apart, in one pass. Its
             -- work, if unfinished, goes to a job now, which the sweeper watches.
             ON CONFLICT (event_id, webhook_id) DO UPDATE
-               SET watched = deliveries.status IN ('pending', 'retrying')
-            RETURNING *, (xmax = 0) AS fresh
+               SET watched = deliveries.status IN ", unfinished!(), "
+            RETURNING *, (xmax = 0) AS created
         )
-        SELECT ", record_columns!(), ", d.fresh FROM ins d JOIN webhooks w ON w.id = d.webhook_id"
+        SELECT ", record_columns!(), ", d.created FROM ins d JOIN webhooks w ON w.id = d.webhook_id"
     );
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        #[sqlx(flatten)]
-        record: DeliveryRecord,
-        fresh: bool,
-    }
     let rows = batch.iter().map(|e| e.decisions.len()).sum();
     let mut ids = Vec::with_capacity(rows);
     let mut event_ids = Vec::with_capacity(rows);
@@ -174,7 +136,7 @@ pub async fn record_decisions(
     // A second copy of an event in the same batch adds no rows: one statement may not insert (or
     // update) the same (event_id, webhook_id) twice, and the copy gets the first one's rows as a
     // repeat below.
-    let mut included = std::collections::HashSet::with_capacity(batch.len());
+    let mut included = HashSet::with_capacity(batch.len());
     for e in &batch {
         if !included.insert(e.event.event_id.as_str()) {
             continue;
@@ -194,44 +156,58 @@ pub async fn record_decisions(
             claims.push(d.claim_first_attempt);
         }
     }
-    let found: Vec<Row> = sqlx::query_as(SQL)
-        // Planned anew for each batch, knowing its length: a cached generic plan, made without
-        // it, can pick a sequential scan of `deliveries` that grows with the table.
-        .persistent(false)
-        .bind(&ids)
-        .bind(&event_ids)
-        .bind(&webhook_ids)
-        .bind(&namespaces)
-        .bind(&repositories)
-        .bind(&tags)
-        .bind(&digests)
-        .bind(&statuses)
-        .bind(&errors)
-        .bind(&bodies)
-        .bind(&occurred)
-        .bind(&claims)
-        .bind(lease.as_secs_f64())
-        .fetch_all(pool)
+    let client = pool.get().await?;
+    // Typed and unnamed: sent with its parameters in one round trip and planned anew for each
+    // batch, knowing its length; a cached generic plan, made without it, can pick a sequential
+    // scan of `deliveries` that grows with the table.
+    let found = client
+        .query_typed(
+            SQL,
+            &[
+                (&ids, Type::UUID_ARRAY),
+                (&event_ids, Type::TEXT_ARRAY),
+                (&webhook_ids, Type::INT8_ARRAY),
+                (&namespaces, Type::TEXT_ARRAY),
+                (&repositories, Type::TEXT_ARRAY),
+                (&tags, Type::TEXT_ARRAY),
+                (&digests, Type::TEXT_ARRAY),
+                (&statuses, Type::TEXT_ARRAY),
+                (&errors, Type::TEXT_ARRAY),
+                (&bodies, Type::TEXT_ARRAY),
+                (&occurred, Type::TIMESTAMPTZ_ARRAY),
+                (&claims, Type::BOOL_ARRAY),
+                (&lease.seconds(), Type::FLOAT8),
+            ],
+        )
         .await?;
-    let mut by_event: std::collections::HashMap<String, Vec<(DeliveryRecord, bool)>> =
-        std::collections::HashMap::new();
-    for row in found {
+    let mut by_event: HashMap<String, Vec<Recorded>> = HashMap::new();
+    for row in &found {
+        let recorded = Recorded {
+            record: record(row)?,
+            created: row.try_get("created")?,
+        };
         by_event
-            .entry(row.record.event_id.clone())
+            .entry(recorded.record.event_id.clone())
             .or_default()
-            .push((row.record, row.fresh));
+            .push(recorded);
     }
     // An event twice in one batch (the broker redelivered it meanwhile): only the first copy may
     // treat the rows as its own; the second finishes them as a repeat.
-    let mut out: Vec<Vec<(DeliveryRecord, bool)>> = Vec::with_capacity(batch.len());
-    let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut out: Vec<Vec<Recorded>> = Vec::with_capacity(batch.len());
+    let mut first: HashMap<&str, usize> = HashMap::new();
     for (i, e) in batch.iter().enumerate() {
         let event_id = e.event.event_id.as_str();
         if let Some(rows) = by_event.remove(event_id) {
             first.insert(event_id, i);
             out.push(rows);
         } else if let Some(&j) = first.get(event_id) {
-            let repeat = out[j].iter().map(|(r, _)| (r.clone(), false)).collect();
+            let repeat = out[j]
+                .iter()
+                .map(|r| Recorded {
+                    record: r.record.clone(),
+                    created: false,
+                })
+                .collect();
             out.push(repeat);
         } else {
             out.push(Vec::new());
@@ -241,9 +217,8 @@ pub async fn record_decisions(
 }
 
 /// A delivery claimed for one attempt, with what the attempt needs.
-#[derive(Clone, sqlx::FromRow)]
+#[derive(Clone)]
 pub struct ClaimedDelivery {
-    #[sqlx(flatten)]
     pub record: DeliveryRecord,
     pub url: String,
     pub secret: Option<String>,
@@ -255,7 +230,7 @@ impl std::fmt::Debug for ClaimedDelivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClaimedDelivery")
             .field("record", &self.record)
-            .field("url", &crate::config::redact_url(&self.url))
+            .field("url", &crate::redact::redact_url(&self.url))
             .field("secret", &self.secret.as_ref().map(|_| "REDACTED"))
             .finish_non_exhaustive()
     }
@@ -282,82 +257,88 @@ pub enum Claim {
 pub struct NewAttempt {
     pub attempt: i32,
     pub started_at: DateTime<Utc>,
-    pub duration_ms: i32,
+    pub duration: Duration,
     pub http_status: Option<i32>,
-    pub error: Option<String>,
+    pub error: Option<AttemptError>,
     pub response_body: Option<String>,
     pub status: DeliveryStatus,
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
-/// Claims attempt `attempt` of a delivery for `lease` (longer than one attempt can take), so
-/// that two copies of one job never both send it.
-pub async fn claim(
-    pool: &PgPool,
-    id: Uuid,
-    attempt: i32,
-    lease: Duration,
-) -> Result<Claim, StoreError> {
+/// Claims attempt `attempt` of a delivery for the lease, so that two copies of one job never
+/// both send it.
+pub async fn claim(pool: &Pool, id: Uuid, attempt: i32, lease: Lease) -> Result<Claim, StoreError> {
     const CLAIM: &str = concat!(
         "UPDATE deliveries d SET lease_until = now() + make_interval(secs => $3)
            FROM webhooks w
           WHERE d.id = $1 AND w.id = d.webhook_id AND d.attempts = $2 - 1
-            AND d.status IN ('pending', 'retrying')
+            AND d.status IN ",
+        unfinished!(),
+        "
             AND (d.lease_until IS NULL OR d.lease_until < now())
           RETURNING ",
         record_columns!(),
         ", w.url, w.secret, d.request_body"
     );
-    let claimed: Option<ClaimedDelivery> = sqlx::query_as(CLAIM)
-        .bind(id)
-        .bind(attempt)
-        .bind(lease.as_secs_f64())
-        .fetch_optional(pool)
-        .await?;
-    if let Some(claimed) = claimed {
-        return Ok(Claim::Claimed(Box::new(claimed)));
-    }
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        #[sqlx(flatten)]
-        record: DeliveryRecord,
-        lease_until: Option<DateTime<Utc>>,
-    }
     const CURRENT: &str = concat!(
         "SELECT ",
         record_columns!(),
         ", d.lease_until FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id WHERE d.id = $1"
     );
-    let row: Option<Row> = sqlx::query_as(CURRENT)
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
-    Ok(match row {
-        None => Claim::Gone,
-        Some(row) if row.record.status.is_final() => Claim::Final(row.record),
-        Some(row) if row.record.attempts >= attempt => Claim::AlreadyAttempted(row.record),
+    let client = pool.get().await?;
+    let statement = client.prepare_cached(CLAIM).await?;
+    if let Some(row) = client
+        .query_opt(&statement, &[&id, &attempt, &lease.seconds()])
+        .await?
+    {
+        return Ok(Claim::Claimed(Box::new(ClaimedDelivery {
+            record: record(&row)?,
+            url: row.try_get("url")?,
+            secret: row.try_get("secret")?,
+            request_body: row.try_get("request_body")?,
+        })));
+    }
+    let statement = client.prepare_cached(CURRENT).await?;
+    let Some(row) = client.query_opt(&statement, &[&id]).await? else {
+        return Ok(Claim::Gone);
+    };
+    let current = record(&row)?;
+    Ok(if current.status.is_final() {
+        Claim::Final(current)
+    } else if current.attempts >= attempt {
+        Claim::AlreadyAttempted(current)
+    } else {
         // The only reason left for the update to match nothing is a live lease.
-        Some(row) => Claim::Leased {
-            until: row.lease_until.unwrap_or_else(Utc::now),
-        },
+        let until: Option<DateTime<Utc>> = row.try_get("lease_until")?;
+        Claim::Leased {
+            until: until.unwrap_or_else(Utc::now),
+        }
     })
 }
 
+/// Whether an attempt's record was written by this call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptRecorded {
+    Now,
+    /// Recorded before (the job is a repeat), or its delivery is gone.
+    Before,
+}
+
 /// Records many attempts, each with its delivery's new state, in one statement, and releases
-/// their claims. For each, in order: false if the attempt was recorded before (a repeat) or the
-/// delivery is gone.
+/// their claims. One answer for each, in order.
 pub async fn record_attempts(
-    pool: &PgPool,
+    pool: &Pool,
     batch: Vec<(Uuid, NewAttempt)>,
-) -> Result<Vec<bool>, StoreError> {
-    const SQL: &str = "WITH u AS (
+) -> Result<Vec<AttemptRecorded>, StoreError> {
+    const SQL: &str = concat!(
+        "WITH u AS (
             SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int[], $6::text[],
                                  $7::text[], $8::text[], $9::timestamptz[])
                 AS u(delivery_id, attempt, started_at, duration_ms, http_status, error, response_body, status, next_attempt_at)
         ), d AS (
             UPDATE deliveries SET status = u.status, attempts = u.attempt, http_status = u.http_status, error = u.error,
                    duration_ms = u.duration_ms, next_attempt_at = u.next_attempt_at, lease_until = NULL,
-                   watched = u.status IN ('pending', 'retrying'), updated_at = now()
+                   watched = u.status IN ", unfinished!(), ", updated_at = now()
               FROM u
              WHERE deliveries.id = u.delivery_id AND deliveries.attempts = u.attempt - 1
             RETURNING deliveries.id
@@ -366,62 +347,103 @@ pub async fn record_attempts(
         SELECT u.delivery_id, u.attempt, u.started_at, u.duration_ms, u.http_status, u.error, u.response_body
           FROM u JOIN d ON d.id = u.delivery_id
         ON CONFLICT DO NOTHING
-        RETURNING delivery_id";
+        RETURNING delivery_id"
+    );
     let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
     let attempts: Vec<i32> = batch.iter().map(|(_, a)| a.attempt).collect();
     let started: Vec<DateTime<Utc>> = batch.iter().map(|(_, a)| a.started_at).collect();
-    let durations: Vec<i32> = batch.iter().map(|(_, a)| a.duration_ms).collect();
+    let durations: Vec<i32> = batch.iter().map(|(_, a)| millis(a.duration)).collect();
     let http: Vec<Option<i32>> = batch.iter().map(|(_, a)| a.http_status).collect();
-    let errors: Vec<Option<&str>> = batch.iter().map(|(_, a)| a.error.as_deref()).collect();
+    let errors: Vec<Option<&str>> = batch
+        .iter()
+        .map(|(_, a)| a.error.map(AttemptError::as_str))
+        .collect();
     let bodies: Vec<Option<&str>> = batch
         .iter()
         .map(|(_, a)| a.response_body.as_deref())
         .collect();
     let statuses: Vec<&str> = batch.iter().map(|(_, a)| a.status.as_str()).collect();
     let next: Vec<Option<DateTime<Utc>>> = batch.iter().map(|(_, a)| a.next_attempt_at).collect();
-    let recorded: Vec<Uuid> = sqlx::query_scalar(SQL)
-        .persistent(false) // as in record_decisions
-        .bind(&ids)
-        .bind(&attempts)
-        .bind(&started)
-        .bind(&durations)
-        .bind(&http)
-        .bind(&errors)
-        .bind(&bodies)
-        .bind(&statuses)
-        .bind(&next)
-        .fetch_all(pool)
+    let client = pool.get().await?;
+    // Typed and unnamed, as in record_decisions.
+    let rows = client
+        .query_typed(
+            SQL,
+            &[
+                (&ids, Type::UUID_ARRAY),
+                (&attempts, Type::INT4_ARRAY),
+                (&started, Type::TIMESTAMPTZ_ARRAY),
+                (&durations, Type::INT4_ARRAY),
+                (&http, Type::INT4_ARRAY),
+                (&errors, Type::TEXT_ARRAY),
+                (&bodies, Type::TEXT_ARRAY),
+                (&statuses, Type::TEXT_ARRAY),
+                (&next, Type::TIMESTAMPTZ_ARRAY),
+            ],
+        )
         .await?;
-    let recorded: std::collections::HashSet<Uuid> = recorded.into_iter().collect();
-    Ok(ids.iter().map(|id| recorded.contains(id)).collect())
+    let recorded: HashSet<Uuid> = rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    Ok(ids
+        .iter()
+        .map(|id| {
+            if recorded.contains(id) {
+                AttemptRecorded::Now
+            } else {
+                AttemptRecorded::Before
+            }
+        })
+        .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statuses_round_trip_through_their_sql_text() {
-        use DeliveryStatus::*;
-        for status in [NotTriggered, Pending, Retrying, Succeeded, Failed] {
-            assert_eq!(
-                DeliveryStatus::try_from(status.as_str().to_owned()),
-                Ok(status)
-            );
-        }
-        assert!(DeliveryStatus::try_from("done".to_owned()).is_err());
-        assert!(NotTriggered.is_final() && Succeeded.is_final() && Failed.is_final());
-        assert!(!Pending.is_final() && !Retrying.is_final());
+/// Finds up to `limit` unfinished deliveries that are overdue by `overdue` and not claimed,
+/// touches them (so no other replica takes them for another `overdue`), and hands their
+/// `(id, attempts)` to `requeue`; commits only if it succeeds. Returns how many there were.
+pub async fn requeue_overdue<F, Fut, E>(
+    pool: &Pool,
+    overdue: Duration,
+    limit: i64,
+    requeue: F,
+) -> Result<usize, E>
+where
+    F: FnOnce(Vec<(Uuid, i32)>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: From<StoreError>,
+{
+    const SQL: &str = concat!(
+        "UPDATE deliveries SET updated_at = now()
+          WHERE id IN (
+                SELECT id FROM deliveries
+                 WHERE watched AND status IN ",
+        unfinished!(),
+        "
+                   -- The index `deliveries_due`: the scan ends at the first delivery not yet due.
+                   AND coalesce(next_attempt_at, created_at) < now() - make_interval(secs => $1)
+                   AND updated_at < now() - make_interval(secs => $1)
+                   AND (lease_until IS NULL OR lease_until < now())
+                 ORDER BY coalesce(next_attempt_at, created_at)
+                 LIMIT $2
+                   FOR UPDATE SKIP LOCKED)
+          RETURNING id, attempts"
+    );
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let rows = tx
+        .query(SQL, &[&overdue.as_secs_f64(), &limit])
+        .await
+        .map_err(StoreError::from)?;
+    let found = rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<Vec<(Uuid, i32)>, tokio_postgres::Error>>()
+        .map_err(StoreError::from)?;
+    let n = found.len();
+    if n == 0 {
+        return Ok(0);
     }
-
-    #[test]
-    fn delivery_ids_are_stable_per_event_and_webhook() {
-        let a = delivery_id("event-1", 42);
-        assert_eq!(a, delivery_id("event-1", 42));
-        assert_ne!(a, delivery_id("event-1", 43));
-        assert_ne!(a, delivery_id("event-2", 42));
-        // The separator keeps ("a", 1) and ("a\0...", ...) apart from concatenation tricks.
-        assert_ne!(delivery_id("1", 1), delivery_id("", 0x3100_0000_0000_0001));
-        assert_eq!(a.get_version_num(), 8);
-    }
+    requeue(found).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(n)
 }

@@ -1,80 +1,207 @@
-//! All SQL: the migrations, webhook configuration with its live cache, and access records.
+//! All SQL: the pool and its migrations, webhook configuration with its live cache, and access
+//! records with their batched writers. PostgreSQL through `tokio-postgres`, pooled by
+//! `deadpool-postgres`; outages are waited out with `backon`.
 
 mod batch;
 pub mod deliveries;
+mod migrate;
 mod webhooks;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use backon::{BackoffBuilder as _, ExponentialBuilder};
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 pub use batch::Batcher;
 pub use deliveries::{
-    Claim, ClaimedDelivery, Decision, DeliveryRecord, DeliveryStatus, EventDecisions, NewAttempt,
-    delivery_id,
+    AttemptRecorded, Claim, ClaimedDelivery, Decision, EventDecisions, NewAttempt, Recorded,
 };
-pub use webhooks::{Webhook, WebhookCache};
+pub use migrate::migrate;
+pub use webhooks::{Rule, Unusable, Webhook, WebhookCache};
 
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
-use tokio_util::sync::CancellationToken;
-
-use crate::config::SecretUrl;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./sql");
+use crate::redact::SecretUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
-    Sqlx(#[from] sqlx::Error),
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database settings: {0}")]
+    Config(#[from] deadpool_postgres::BuildError),
+    #[error("migration {version} was changed after it was applied")]
+    MigrationChanged { version: i64 },
+    #[error("column {column} holds {value:?}, which tagcast does not know")]
+    Data { column: &'static str, value: String },
+    #[error("no answer from the database within {0:?}")]
+    Timeout(Duration),
     #[error("stopped while waiting for the database")]
     Cancelled,
-    /// A batch this item was written with failed.
-    #[error("database: {text}")]
-    Batch { transient: bool, text: String },
+    /// The batch this item was written with failed: the same error for every item in it.
+    #[error(transparent)]
+    Batch(Arc<StoreError>),
+    #[error("batch write returned {got} results for {expected} items")]
+    BatchLength { got: usize, expected: usize },
+    #[error("batch writer stopped")]
+    WriterStopped,
 }
 
 impl StoreError {
     /// Errors that go away when the database comes back: the operation is worth repeating.
+    /// While the database is down, restarting, refusing connections or short of resources, work
+    /// must wait, not fail (a valid event is never dead-lettered because PostgreSQL was away).
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Sqlx(e) => is_transient(e),
-            StoreError::Batch { transient, .. } => *transient,
-            StoreError::Migrate(_) | StoreError::Cancelled => false,
+            StoreError::Postgres(e) => is_transient(e),
+            StoreError::Pool(deadpool_postgres::PoolError::Backend(e)) => is_transient(e),
+            StoreError::Pool(_) | StoreError::Timeout(_) | StoreError::WriterStopped => true,
+            StoreError::Batch(e) => e.is_transient(),
+            StoreError::Config(_)
+            | StoreError::MigrationChanged { .. }
+            | StoreError::Data { .. }
+            | StoreError::Cancelled
+            | StoreError::BatchLength { .. } => false,
         }
     }
 }
 
-/// Transient unless the error is about the statement or the data itself: while the database is
-/// down, restarting, refusing connections or short of resources, work must wait, not fail (a
-/// valid event is never dead-lettered because PostgreSQL was unavailable).
-fn is_transient(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => db.code().is_none_or(|code| {
-            // 21: cardinality (a row affected twice by one statement), 22: data exception,
-            // 23: integrity constraint, 42: syntax or access rule, P0: raised by PL/pgSQL.
-            // Everything else (08 connection, 28 authorization, 3D no such database,
-            // 40 rollback, 53 resources, 55 not accepting connections, 57 operator
-            // intervention, 58 system, XX internal) can clear up by itself.
-            !["21", "22", "23", "42", "P0"]
-                .iter()
-                .any(|class| code.starts_with(class))
-        }),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        _ => false,
+/// SQLSTATE classes that are about the statement or the data itself, which no amount of
+/// waiting fixes: 21 cardinality (a row affected twice by one statement), 22 data exception,
+/// 23 integrity constraint, 42 syntax or access rule, P0 raised by PL/pgSQL. Everything else
+/// (08 connection, 28 authorization, 3D no such database, 40 rollback, 53 resources,
+/// 55 not accepting connections, 57 operator intervention, 58 system, XX internal) can clear up
+/// by itself.
+const PERMANENT_CLASSES: [&str; 5] = ["21", "22", "23", "42", "P0"];
+
+fn is_transient(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        return !PERMANENT_CLASSES
+            .iter()
+            .any(|class| code.code().starts_with(class));
     }
+    // No SQLSTATE: either the connection failed (closed, or an I/O error underneath), which
+    // clears up, or tagcast's own side did (a value that does not convert), which does not.
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    e.is_closed()
+}
+
+/// The connection pool, with the settings to open a connection of its own (for `LISTEN`).
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    pool: deadpool_postgres::Pool,
+    config: Arc<tokio_postgres::Config>,
+}
+
+/// A pooled connection.
+pub type Client = deadpool_postgres::Object;
+
+impl Pool {
+    /// A connection from the pool (waiting at most 5 s for one to be free).
+    pub async fn get(&self) -> Result<Client, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// Opens the pool. Connections are made lazily, so tagcast starts (and reports not ready) even
+/// while PostgreSQL is still coming up.
+pub fn connect(url: &SecretUrl, max_connections: usize) -> Result<Pool, StoreError> {
+    let config: tokio_postgres::Config = url.expose().parse()?;
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        // Fast: a connection that broke is found out by its next statement, which fails as
+        // transient and is repeated on a fresh one; checking each one out would cost a round
+        // trip per statement.
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(max_connections)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()?;
+    Ok(Pool {
+        pool,
+        config: Arc::new(config),
+    })
+}
+
+/// Closes the pool: connections are dropped as they come back.
+pub fn close(pool: &Pool) {
+    pool.pool.close();
+}
+
+/// One round trip, for the readiness probe.
+pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
+    pool.get().await?.simple_query("SELECT 1").await?;
+    Ok(())
+}
+
+/// Waits for PostgreSQL, then applies pending migrations.
+pub async fn migrate_when_reachable(pool: &Pool) -> Result<(), StoreError> {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+        .build();
+    loop {
+        match ping(pool).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "waiting for PostgreSQL");
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+            }
+        }
+    }
+    migrate(pool).await
+}
+
+/// How long a claimed attempt stays claimed. While it runs no other worker may make that
+/// attempt; if its worker dies, the attempt is free again once it ends. So it must outlast the
+/// longest attempt (connect timeout plus request timeout) and the recording of its outcome, or a
+/// slow attempt could be made twice; anything longer only delays recovery after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease(Duration);
+
+/// Recording an attempt is one batched statement, normally milliseconds: 10 s leaves room for a
+/// slow commit without making recovery after a crash much later.
+const RECORDING_MARGIN: Duration = Duration::from_secs(10);
+
+impl Lease {
+    /// The lease for attempts that take at most `attempt`.
+    pub fn covering(attempt: Duration) -> Lease {
+        Lease(attempt + RECORDING_MARGIN)
+    }
+
+    fn seconds(self) -> f64 {
+        self.0.as_secs_f64()
+    }
+}
+
+/// A duration as the `duration_ms` columns hold it.
+pub fn millis(duration: Duration) -> i32 {
+    i32::try_from(duration.as_millis()).unwrap_or(i32::MAX)
 }
 
 /// The batched writers of access records. Cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
-    decisions: Batcher<EventDecisions, Vec<(DeliveryRecord, bool)>>,
-    attempts: Batcher<(uuid::Uuid, NewAttempt), bool>,
+    decisions: Batcher<EventDecisions, Vec<Recorded>>,
+    attempts: Batcher<(Uuid, NewAttempt), AttemptRecorded>,
 }
 
 /// Rows per statement at most: large enough to amortise a round trip, small enough to keep
@@ -84,7 +211,7 @@ const MAX_BATCH: usize = 512;
 impl Recorder {
     /// Starts the writers. `lease` is how long a first attempt claimed with its insert stays
     /// claimed.
-    pub fn spawn(pool: PgPool, lease: Duration) -> Recorder {
+    pub fn spawn(pool: Pool, lease: Lease) -> Recorder {
         let p = pool.clone();
         let decisions = Batcher::spawn(MAX_BATCH, move |batch| {
             let pool = p.clone();
@@ -101,42 +228,26 @@ impl Recorder {
     }
 
     /// See [`deliveries::record_decisions`].
-    pub async fn decisions(
-        &self,
-        event: EventDecisions,
-    ) -> Result<Vec<(DeliveryRecord, bool)>, StoreError> {
+    pub async fn decisions(&self, event: EventDecisions) -> Result<Vec<Recorded>, StoreError> {
         self.decisions.submit(event).await
     }
 
     /// See [`deliveries::record_attempts`].
-    pub async fn attempt(&self, id: uuid::Uuid, attempt: NewAttempt) -> Result<bool, StoreError> {
+    pub async fn attempt(
+        &self,
+        id: Uuid,
+        attempt: NewAttempt,
+    ) -> Result<AttemptRecorded, StoreError> {
         self.attempts.submit((id, attempt)).await
     }
-}
-
-/// Opens the pool. Connections are made lazily, so tagcast starts (and reports not ready) even
-/// while PostgreSQL is still coming up.
-pub fn connect(url: &SecretUrl, max_connections: u32) -> Result<PgPool, StoreError> {
-    let options = url.expose().parse::<sqlx::postgres::PgConnectOptions>()?;
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options))
-}
-
-/// Applies pending migrations from `sql/`. sqlx holds an advisory lock meanwhile, so replicas
-/// starting together apply them once.
-pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    MIGRATOR.run(pool).await?;
-    Ok(())
 }
 
 /// Longest a database operation may take before it is tried again.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// Runs `op` until it succeeds, repeating it with backoff while the error is transient: during a
-/// database outage the work waits here, unacknowledged, instead of cycling through the broker.
-/// Gives up with `Cancelled` on shutdown.
+/// Runs `op` until it succeeds, repeating it with backoff (50 ms doubling to 2 s) while the
+/// error is transient: during a database outage the work waits here, unacknowledged, instead
+/// of cycling through the broker. Gives up with `Cancelled` on shutdown.
 pub async fn with_retries<T, F, Fut>(
     cancel: &CancellationToken,
     on_retry: impl Fn(&StoreError),
@@ -144,29 +255,73 @@ pub async fn with_retries<T, F, Fut>(
 ) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
+    Fut: Future<Output = Result<T, StoreError>>,
 {
-    let mut delay = Duration::from_millis(50);
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .without_max_times()
+        .build();
     loop {
         // A connection can die without a word: past this, the operation counts as failed.
         let outcome = tokio::time::timeout(OPERATION_TIMEOUT, op())
             .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Batch {
-                    transient: true,
-                    text: format!("no answer within {OPERATION_TIMEOUT:?}"),
-                })
-            });
+            .unwrap_or(Err(StoreError::Timeout(OPERATION_TIMEOUT)));
         match outcome {
             Err(e) if e.is_transient() => {
                 on_retry(&e);
+                let delay = delays.next().unwrap_or(Duration::from_secs(2));
                 tokio::select! {
                     () = cancel.cancelled() => return Err(StoreError::Cancelled),
                     () = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(2));
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_cures_outages_but_not_bad_statements() {
+        let cases = [
+            (StoreError::Timeout(Duration::from_secs(1)), true),
+            (StoreError::WriterStopped, true),
+            (StoreError::Cancelled, false),
+            (StoreError::MigrationChanged { version: 1 }, false),
+            (
+                StoreError::BatchLength {
+                    got: 1,
+                    expected: 2,
+                },
+                false,
+            ),
+            (
+                StoreError::Data {
+                    column: "status",
+                    value: "done".into(),
+                },
+                false,
+            ),
+            (
+                StoreError::Batch(Arc::new(StoreError::Timeout(Duration::from_secs(1)))),
+                true,
+            ),
+            (StoreError::Batch(Arc::new(StoreError::Cancelled)), false),
+        ];
+        for (error, transient) in cases {
+            assert_eq!(error.is_transient(), transient, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn a_lease_outlasts_the_attempt_it_covers() {
+        let attempt = Duration::from_secs(15);
+        let lease = Lease::covering(attempt);
+        assert!(lease.0 > attempt);
+        assert_eq!(lease.seconds(), 25.0);
     }
 }

@@ -6,14 +6,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use backon::{BackoffBuilder as _, ExponentialBuilder};
+use futures_util::StreamExt as _;
+use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use super::StoreError;
-use crate::config::redact_url;
+use super::{Pool, StoreError};
 use crate::metrics::Metrics;
 use crate::payload::{self, SignatureError};
+use crate::redact::redact_url;
 use crate::trigger::{Trigger, TriggerError};
 
 /// Channel the `webhooks_changed` trigger notifies (see `sql/`).
@@ -28,10 +29,25 @@ pub struct Webhook {
     pub name: String,
     pub url: String,
     pub secret: Option<String>,
-    /// An unusable rule is kept, not dropped: the webhook gets a `failed` record naming it.
-    pub trigger: Result<Trigger, TriggerError>,
-    /// A `secret` column that cannot sign; such a webhook gets a `failed` record too.
-    pub secret_error: Option<SignatureError>,
+    pub rule: Rule,
+}
+
+/// A webhook's rule, as loaded: ready to evaluate, or why the row cannot be used. An unusable
+/// row is kept, not dropped: each event gets a `failed` record naming what is wrong.
+#[derive(Debug)]
+pub enum Rule {
+    Usable(Trigger),
+    Unusable(Unusable),
+}
+
+/// What makes a webhook row unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    #[error(transparent)]
+    Trigger(#[from] TriggerError),
+    /// A `secret` column that cannot sign.
+    #[error(transparent)]
+    Secret(#[from] SignatureError),
 }
 
 // By hand, so that neither the secret nor the URL's query string can reach a log line.
@@ -42,7 +58,7 @@ impl std::fmt::Debug for Webhook {
             .field("name", &self.name)
             .field("url", &redact_url(&self.url))
             .field("secret", &self.secret.as_ref().map(|_| "REDACTED"))
-            .field("trigger", &self.trigger)
+            .field("rule", &self.rule)
             .finish()
     }
 }
@@ -52,7 +68,7 @@ type Key = (String, String);
 /// The enabled webhooks per repository. Cheap to clone.
 #[derive(Clone)]
 pub struct WebhookCache {
-    pool: PgPool,
+    pool: Pool,
     inner: Arc<Inner>,
 }
 
@@ -65,41 +81,35 @@ struct Inner {
     listening: AtomicBool,
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: i64,
-    name: String,
-    url: String,
-    secret: Option<String>,
-    trigger_type: String,
-    trigger_expression: Option<String>,
-    trigger_tags: Option<Vec<String>>,
-}
-
-impl From<Row> for Webhook {
-    fn from(row: Row) -> Webhook {
+impl Webhook {
+    fn from_row(row: &tokio_postgres::Row) -> Result<Webhook, StoreError> {
+        let secret: Option<String> = row.try_get("secret")?;
         let trigger = Trigger::from_row(
-            &row.trigger_type,
-            row.trigger_expression.as_deref(),
-            row.trigger_tags.as_deref(),
+            row.try_get("trigger_type")?,
+            row.try_get("trigger_expression")?,
+            row.try_get::<_, Option<Vec<String>>>("trigger_tags")?
+                .as_deref(),
         );
-        let secret_error = row
-            .secret
-            .as_deref()
-            .and_then(|s| payload::sign(s, "", 0, "").err());
-        Webhook {
-            id: row.id,
-            name: row.name,
-            url: row.url,
-            secret: row.secret,
+        let rule = match (
             trigger,
-            secret_error,
-        }
+            secret.as_deref().map(|s| payload::sign(s, "", 0, "")),
+        ) {
+            (Err(e), _) => Rule::Unusable(e.into()),
+            (Ok(_), Some(Err(e))) => Rule::Unusable(e.into()),
+            (Ok(trigger), _) => Rule::Usable(trigger),
+        };
+        Ok(Webhook {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            url: row.try_get("url")?,
+            secret,
+            rule,
+        })
     }
 }
 
 impl WebhookCache {
-    pub fn new(pool: PgPool) -> WebhookCache {
+    pub fn new(pool: Pool) -> WebhookCache {
         WebhookCache {
             pool,
             inner: Arc::new(Inner {
@@ -122,18 +132,19 @@ impl WebhookCache {
             return Ok(hit.clone());
         }
         let generation = self.inner.generation.load(Ordering::Acquire);
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, name, url, secret, trigger_type, trigger_expression, trigger_tags
-               FROM webhooks WHERE namespace = $1 AND repository = $2 AND enabled ORDER BY id",
-        )
-        .bind(namespace)
-        .bind(repository)
-        .fetch_all(&self.pool)
-        .await?;
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT id, name, url, secret, trigger_type, trigger_expression, trigger_tags
+                   FROM webhooks WHERE namespace = $1 AND repository = $2 AND enabled ORDER BY id",
+            )
+            .await?;
+        let rows = client.query(&statement, &[&namespace, &repository]).await?;
+        drop(client);
         let webhooks: Arc<[Arc<Webhook>]> = rows
-            .into_iter()
-            .map(|r| Arc::new(Webhook::from(r)))
-            .collect();
+            .iter()
+            .map(|r| Webhook::from_row(r).map(Arc::new))
+            .collect::<Result<_, _>>()?;
         if listening {
             let mut map = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
             // Checked under the write lock: an invalidation either happened before (skip) or
@@ -164,45 +175,73 @@ impl WebhookCache {
     /// Listens for changes until cancelled, reconnecting with backoff. While not connected the
     /// cache is bypassed, so a change is never missed, only the saving is.
     pub async fn listen(self, metrics: Metrics, cancel: CancellationToken) {
-        let mut delay = Duration::from_millis(100);
+        let backoff = || {
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .without_max_times()
+                .build()
+        };
+        let mut delays = backoff();
         while !cancel.is_cancelled() {
-            let mut listener = match self.subscribe().await {
-                Ok(listener) => listener,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook change listener cannot connect; reading webhooks uncached");
-                    tokio::select! {
-                        () = cancel.cancelled() => return,
-                        () = tokio::time::sleep(delay) => {}
+            match self.subscribe().await {
+                Ok((client, mut notifications)) => {
+                    delays = backoff();
+                    // Whatever changed while nobody listened is unknown: start from empty.
+                    self.invalidate(&metrics);
+                    self.inner.listening.store(true, Ordering::Release);
+                    loop {
+                        tokio::select! {
+                            () = cancel.cancelled() => break,
+                            next = notifications.recv() => match next {
+                                Some(()) => self.invalidate(&metrics),
+                                None => {
+                                    tracing::warn!("webhook change listener lost its connection; reading webhooks uncached");
+                                    break;
+                                }
+                            },
+                        }
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                    continue;
+                    self.inner.listening.store(false, Ordering::Release);
+                    self.invalidate(&metrics);
+                    drop(client);
                 }
-            };
-            delay = Duration::from_millis(100);
-            // Whatever changed while nobody listened is unknown: start from empty.
-            self.invalidate(&metrics);
-            self.inner.listening.store(true, Ordering::Release);
-            loop {
-                let next = tokio::select! {
-                    () = cancel.cancelled() => break,
-                    next = listener.try_recv() => next,
-                };
-                match next {
-                    Ok(Some(_)) => self.invalidate(&metrics),
-                    Ok(None) | Err(_) => {
-                        tracing::warn!("webhook change listener lost its connection");
-                        break;
-                    }
+                Err(e) => {
+                    tracing::debug!(error = %e, "webhook change listener cannot connect; reading webhooks uncached");
                 }
             }
-            self.inner.listening.store(false, Ordering::Release);
-            self.invalidate(&metrics);
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
         }
     }
 
-    async fn subscribe(&self) -> Result<PgListener, sqlx::Error> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(CHANNEL).await?;
-        Ok(listener)
+    /// A connection of its own that listens on [`CHANNEL`], and a receiver that yields once per
+    /// notification and ends when the connection does.
+    async fn subscribe(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio::sync::mpsc::UnboundedReceiver<()>,
+        ),
+        StoreError,
+    > {
+        let (client, mut connection) = self.pool.config.connect(NoTls).await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // The connection does its I/O only while polled: this task drives it and forwards the
+        // notifications; it ends with the connection (dropping the client closes it).
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if matches!(message, AsyncMessage::Notification(_)) && tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        Ok((client, rx))
     }
 }

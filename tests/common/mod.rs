@@ -1,5 +1,6 @@
 //! Test harness: each test gets its own database, queue prefix and exchanges on the real
-//! PostgreSQL and RabbitMQ, a running tagcast, and helpers to act and observe.
+//! PostgreSQL and RabbitMQ, a running tagcast, and helpers to act and observe. What a test
+//! made is removed when its `TestApp` is dropped, passed or failed.
 //! Set TEST_LOG=debug (or any filter) to see tagcast's logs.
 #![allow(dead_code)]
 
@@ -14,7 +15,6 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use serde_json::{Value, json};
-use sqlx::{Connection as _, PgConnection, PgPool};
 use tagcast::Settings;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -65,16 +65,114 @@ pub fn database_name(settings: &Settings) -> String {
     url.rsplit('/').next().unwrap_or(url).to_owned()
 }
 
+/// A connection of its own to `url`, driven by a task of its own.
+pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL is not running");
+    tokio::spawn(connection);
+    client
+}
+
+/// Calls `check` until it yields a value, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// A running tagcast and everything a test needs around it.
 pub struct TestApp {
     pub settings: Settings,
-    pub pg: PgPool,
+    /// The test's own database.
+    pub pg: tokio_postgres::Client,
     pub metrics_addr: SocketAddr,
     amqp: Connection,
     channel: Channel,
     status: Consumer,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    torn_down: bool,
+}
+
+impl Drop for TestApp {
+    /// A test that failed (or forgot `teardown`) still leaves nothing behind. tagcast is told
+    /// to stop first, so it does not declare the queues again once they are gone; the removal
+    /// runs on a thread and runtime of its own, since a destructor cannot await.
+    fn drop(&mut self) {
+        if self.torn_down {
+            return;
+        }
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if let Some(task) = self.task.take() {
+            if multi_thread {
+                // tagcast's tasks run on the other workers meanwhile: let it stop.
+                let deadline = Instant::now() + self.settings.shutdown_grace + SECOND;
+                while !task.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            // On a single-threaded runtime nothing else runs until the test's runtime is
+            // dropped, which drops tagcast's tasks unpolled.
+            task.abort();
+        }
+        let settings = self.settings.clone();
+        let removed = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(remove(&settings)))
+        })
+        .join();
+        if !matches!(removed, Ok(Ok(()))) {
+            eprintln!("could not remove the test's queues and database");
+        }
+    }
+}
+
+/// Deletes a test's queues, exchanges and database.
+async fn remove(settings: &Settings) {
+    let topology = tagcast::amqp::Topology {
+        prefix: settings.queue_prefix.clone(),
+        events_exchange: settings.events_exchange.clone(),
+        status_exchange: settings.status_exchange.clone(),
+    };
+    if let Ok(amqp) = Connection::connect(AMQP, ConnectionProperties::default()).await {
+        if let Ok(channel) = amqp.create_channel().await {
+            for queue in topology.queues() {
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            for exchange in [&settings.events_exchange, &settings.status_exchange] {
+                let _ = channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+        let _ = amqp.close(200, "bye".into()).await;
+    }
+    let db = database_name(settings);
+    if let Ok((admin, connection)) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
+    {
+        tokio::spawn(connection);
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+            .await;
+    }
 }
 
 impl TestApp {
@@ -85,18 +183,18 @@ impl TestApp {
     pub async fn spawn_with(settings: Settings) -> TestApp {
         init_logs();
         let db = database_name(&settings);
-        let mut admin = PgConnection::connect(PG_ADMIN)
+        let admin = pg_connect(PG_ADMIN).await;
+        let exists: bool = admin
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                &[&db],
+            )
             .await
-            .expect("PostgreSQL is not running");
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(&db)
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
+            .unwrap()
+            .get(0);
         if !exists {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
-                .execute(&mut admin)
+            admin
+                .batch_execute(&format!("CREATE DATABASE \"{db}\""))
                 .await
                 .unwrap();
         }
@@ -157,7 +255,7 @@ impl TestApp {
             .unwrap();
 
         let mut app = TestApp {
-            pg: tagcast::store::connect(&settings.database_url, 4).unwrap(),
+            pg: pg_connect(settings.database_url.expose()).await,
             settings,
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
             amqp,
@@ -165,6 +263,7 @@ impl TestApp {
             status,
             stop: None,
             task: None,
+            torn_down: false,
         };
         app.start().await;
         app
@@ -181,11 +280,10 @@ impl TestApp {
         self.task = Some(tokio::spawn(app.run_until(async move {
             let _ = rx.await;
         })));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.get("/readyz").await.0 != 200 {
-            assert!(Instant::now() < deadline, "tagcast not ready within 20 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually("tagcast ready", Duration::from_secs(20), || async {
+            (self.get("/readyz").await.0 == 200).then_some(())
+        })
+        .await;
     }
 
     /// Stops tagcast as SIGTERM would, and waits for it to exit.
@@ -198,39 +296,13 @@ impl TestApp {
         }
     }
 
-    /// Stops tagcast and removes the test's queues, exchanges and database.
+    /// Stops tagcast and removes the test's queues, exchanges and database (which dropping
+    /// the `TestApp` does too, as a test that fails never gets here).
     pub async fn teardown(mut self) {
         self.stop().await;
-        let topology = tagcast::amqp::Topology {
-            prefix: self.settings.queue_prefix.clone(),
-            events_exchange: self.settings.events_exchange.clone(),
-            status_exchange: self.settings.status_exchange.clone(),
-        };
-        for queue in topology.queues() {
-            let _ = self
-                .channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for exchange in [
-            &self.settings.events_exchange,
-            &self.settings.status_exchange,
-        ] {
-            let _ = self
-                .channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
         let _ = self.amqp.close(200, "bye".into()).await;
-        self.pg.close().await;
-        let db = database_name(&self.settings);
-        let mut admin = PgConnection::connect(PG_ADMIN).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+        remove(&self.settings).await;
+        self.torn_down = true;
     }
 
     /// Inserts a webhook for `namespace/repoTest` and returns its id.
@@ -257,21 +329,15 @@ impl TestApp {
                 Some(t.iter().map(|s| s.to_string()).collect()),
             ),
         };
-        sqlx::query_scalar(
-            "INSERT INTO webhooks (namespace, repository, name, url, trigger_type, trigger_expression, trigger_tags, secret)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-        )
-        .bind(namespace)
-        .bind(repository)
-        .bind(name)
-        .bind(url)
-        .bind(kind)
-        .bind(expression)
-        .bind(tags)
-        .bind(secret)
-        .fetch_one(&self.pg)
-        .await
-        .unwrap()
+        self.pg
+            .query_one(
+                "INSERT INTO webhooks (namespace, repository, name, url, trigger_type, trigger_expression, trigger_tags, secret)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                &[&namespace, &repository, &name, &url, &kind, &expression, &tags, &secret],
+            )
+            .await
+            .unwrap()
+            .get(0)
     }
 
     /// Publishes raw bytes to the events exchange, as the registry would.
@@ -370,18 +436,18 @@ impl TestApp {
 
     /// Waits until `series` reaches at least `value`.
     pub async fn wait_metric(&self, series: &str, value: f64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let now = self.metric(series).await;
-            if now >= value {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{series} is {now}, not {value}, after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        eventually(&format!("{series} at {value}"), timeout, || async {
+            (self.metric(series).await >= value).then_some(())
+        })
+        .await;
+    }
+
+    /// The first column of the first row `sql` returns.
+    pub async fn scalar<T>(&self, sql: &str) -> T
+    where
+        T: for<'a> tokio_postgres::types::FromSql<'a>,
+    {
+        self.pg.query_one(sql, &[]).await.unwrap().get(0)
     }
 }
 

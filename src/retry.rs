@@ -19,6 +19,44 @@ pub enum AttemptOutcome {
     Blocked,
 }
 
+/// Why an attempt got no answer, as `delivery_attempts.error` records it (SPEC section 6).
+/// Its metric label is the outcome's: `invalid_url` and `invalid_secret` count as `blocked` in
+/// `tagcast_delivery_attempts_total`, like `blocked_address` (no request left tagcast), and
+/// `tls_certificate` counts as `connect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptError {
+    Timeout,
+    Connect,
+    TlsCertificate,
+    BlockedAddress,
+    InvalidUrl,
+    InvalidSecret,
+}
+
+impl AttemptError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptError::Timeout => "timeout",
+            AttemptError::Connect => "connect",
+            AttemptError::TlsCertificate => "tls_certificate",
+            AttemptError::BlockedAddress => "blocked_address",
+            AttemptError::InvalidUrl => "invalid_url",
+            AttemptError::InvalidSecret => "invalid_secret",
+        }
+    }
+
+    /// The outcome an attempt that failed this way came to.
+    pub fn outcome(self) -> AttemptOutcome {
+        match self {
+            AttemptError::Timeout => AttemptOutcome::Timeout,
+            AttemptError::Connect | AttemptError::TlsCertificate => AttemptOutcome::Connect,
+            AttemptError::BlockedAddress
+            | AttemptError::InvalidUrl
+            | AttemptError::InvalidSecret => AttemptOutcome::Blocked,
+        }
+    }
+}
+
 /// The verdict on one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -1,13 +1,11 @@
 //! What SREs rely on: the live `/metrics` passes `promtool check metrics`, every metric the
 //! Grafana dashboard queries exists, and JSON logs are one object per line.
 
-mod common;
-
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use common::receiver::{Receiver, Reply};
-use common::{SECOND, TestApp, Trigger, event};
+use crate::common::receiver::{Receiver, Reply};
+use crate::common::{SECOND, TestApp, Trigger, event, eventually};
 
 /// Drives every kind of series into existence: success, retry, failure, not triggered,
 /// an invalid event, an ignored one.
@@ -86,14 +84,11 @@ async fn live_metrics_pass_promtool() {
 async fn every_metric_the_dashboard_queries_exists() {
     let app = busy_app().await;
     // Queue depths are read every 5 s; wait for the first reading.
-    let deadline = std::time::Instant::now() + 6 * SECOND;
-    let text = loop {
+    let text = eventually("a first reading of queue depths", 6 * SECOND, || async {
         let text = app.metrics_text().await;
-        if text.contains("tagcast_queue_messages{") || std::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(SECOND / 10).await;
-    };
+        text.contains("tagcast_queue_messages{").then_some(text)
+    })
+    .await;
     let dashboard = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/grafana/tagcast.json"

@@ -1,12 +1,10 @@
 //! SPEC section 10 against real connections: the address guard on literal and resolved
 //! addresses, the allow-list, and TLS verification.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::receiver::Receiver;
-use common::{SECOND, TestApp, Trigger, event, test_settings};
+use crate::common::receiver::Receiver;
+use crate::common::{SECOND, TestApp, Trigger, event, test_settings};
 
 #[tokio::test]
 async fn private_targets_are_blocked_by_default() {
@@ -52,10 +50,14 @@ async fn private_targets_are_blocked_by_default() {
             .await,
         3.0
     );
-    let errors: Vec<Option<String>> = sqlx::query_scalar("SELECT error FROM delivery_attempts")
-        .fetch_all(&app.pg)
+    let errors: Vec<Option<String>> = app
+        .pg
+        .query("SELECT error FROM delivery_attempts", &[])
         .await
-        .unwrap();
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(errors, vec![Some("blocked_address".to_owned()); 3]);
     app.teardown().await;
 }

@@ -1,12 +1,10 @@
 //! Durable retries (SPEC section 5) against a real receiver: classification, backoff,
 //! Retry-After, timeouts, and a retry that outlives a restart of tagcast.
 
-mod common;
-
 use std::time::Duration;
 
-use common::receiver::{Receiver, Reply};
-use common::{SECOND, TestApp, Trigger, event, test_settings};
+use crate::common::receiver::{Receiver, Reply};
+use crate::common::{SECOND, TestApp, Trigger, event, test_settings};
 
 #[tokio::test]
 async fn two_503s_then_200_make_three_requests_with_one_webhook_id() {
@@ -49,17 +47,24 @@ async fn two_503s_then_200_make_three_requests_with_one_webhook_id() {
     );
     assert_eq!(ids[0], statuses[2]["delivery_id"].as_str().unwrap());
 
-    let (status, attempts): (String, i32) =
-        sqlx::query_as("SELECT status, attempts FROM deliveries")
-            .fetch_one(&app.pg)
-            .await
-            .unwrap();
+    let r = app
+        .pg
+        .query_one("SELECT status, attempts FROM deliveries", &[])
+        .await
+        .unwrap();
+    let (status, attempts): (String, i32) = (r.get(0), r.get(1));
     assert_eq!((status.as_str(), attempts), ("succeeded", 3));
-    let rows: Vec<(i32, Option<i32>)> =
-        sqlx::query_as("SELECT attempt, http_status FROM delivery_attempts ORDER BY attempt")
-            .fetch_all(&app.pg)
-            .await
-            .unwrap();
+    let rows: Vec<(i32, Option<i32>)> = app
+        .pg
+        .query(
+            "SELECT attempt, http_status FROM delivery_attempts ORDER BY attempt",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     assert_eq!(rows, [(1, Some(503)), (2, Some(503)), (3, Some(200))]);
     assert_eq!(app.metric("tagcast_retries_scheduled_total").await, 2.0);
     assert_eq!(
@@ -88,10 +93,7 @@ async fn a_400_fails_at_once() {
     );
     app.no_status_within(SECOND).await;
     assert_eq!(receiver.count(), 1);
-    let status: String = sqlx::query_scalar("SELECT status FROM deliveries")
-        .fetch_one(&app.pg)
-        .await
-        .unwrap();
+    let status: String = app.scalar("SELECT status FROM deliveries").await;
     assert_eq!(status, "failed");
     assert_eq!(
         app.metric(r#"tagcast_deliveries_completed_total{status="failed"}"#)
@@ -159,10 +161,7 @@ async fn always_503_makes_exactly_the_maximum_attempts_then_fails() {
     assert!(statuses[3]["next_attempt_at"].is_null());
     app.no_status_within(2 * SECOND).await;
     assert_eq!(receiver.count(), 4);
-    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_attempts")
-        .fetch_one(&app.pg)
-        .await
-        .unwrap();
+    let attempts: i64 = app.scalar("SELECT count(*) FROM delivery_attempts").await;
     assert_eq!(attempts, 4);
     app.teardown().await;
 }
@@ -216,10 +215,7 @@ async fn a_hanging_receiver_times_out() {
         (Some("failed"), Some("timeout"))
     );
     assert!(status["http_status"].is_null());
-    let error: Option<String> = sqlx::query_scalar("SELECT error FROM delivery_attempts")
-        .fetch_one(&app.pg)
-        .await
-        .unwrap();
+    let error: Option<String> = app.scalar("SELECT error FROM delivery_attempts").await;
     assert_eq!(error.as_deref(), Some("timeout"));
     assert_eq!(
         app.metric(r#"tagcast_delivery_attempts_total{outcome="timeout"}"#)
@@ -291,12 +287,13 @@ async fn a_delivery_is_watched_by_the_sweeper_exactly_while_it_waits_for_a_retry
     app.insert_webhook("flaky", &receiver.url("/"), Trigger::All)
         .await;
     app.publish_event(&event("latest")).await;
-    let pg = app.pg.clone();
+    let pg = crate::common::pg_connect(app.settings.database_url.expose()).await;
     let watched = || async {
-        sqlx::query_as::<_, (String, bool)>("SELECT status, watched FROM deliveries")
-            .fetch_one(&pg)
+        let r = pg
+            .query_one("SELECT status, watched FROM deliveries", &[])
             .await
-            .unwrap()
+            .unwrap();
+        (r.get::<_, String>(0), r.get::<_, bool>(1))
     };
     let first = app.next_status(10 * SECOND).await;
     assert_eq!(first["status"], "retrying");

@@ -1,25 +1,22 @@
 //! Dependency faults that one test can cause without disturbing the others: tagcast's broker
 //! connection is closed by the broker; its database refuses connections for a while.
 
-mod common;
-
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::receiver::Receiver;
-use common::{PG_ADMIN, SECOND, TestApp, Trigger, event};
-use sqlx::{Connection as _, PgConnection};
+use crate::common::receiver::Receiver;
+use crate::common::{PG_ADMIN, SECOND, TestApp, Trigger, event, eventually, pg_connect};
 
 async fn wait_ready(app: &TestApp, ready: bool, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while (app.get("/readyz").await.0 == 200) != ready {
-        assert!(
-            Instant::now() < deadline,
-            "/readyz did not become {} within {timeout:?}",
-            if ready { "ready" } else { "not ready" }
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = if ready {
+        "/readyz ready"
+    } else {
+        "/readyz not ready"
+    };
+    eventually(what, timeout, || async {
+        ((app.get("/readyz").await.0 == 200) == ready).then_some(())
+    })
+    .await;
 }
 
 fn close_broker_connection(prefix: &str) -> bool {
@@ -83,18 +80,15 @@ async fn work_waits_while_the_database_is_unreachable_and_resumes_after() {
     let receiver = Receiver::always(200).await;
     app.insert_webhook("a", &receiver.url("/"), Trigger::All)
         .await;
-    let db = common::database_name(&app.settings);
-    let mut admin = PgConnection::connect(PG_ADMIN).await.unwrap();
+    let db = crate::common::database_name(&app.settings);
+    let admin = pg_connect(PG_ADMIN).await;
     let cut = |allow: bool| {
         format!(
             "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS {allow};
              SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid();"
         )
     };
-    sqlx::raw_sql(sqlx::AssertSqlSafe(cut(false)))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    admin.batch_execute(&cut(false)).await.unwrap();
     wait_ready(&app, false, 5 * SECOND).await;
 
     // Published during the outage: held, not dead-lettered, not requeued over and over.
@@ -103,10 +97,7 @@ async fn work_waits_while_the_database_is_unreachable_and_resumes_after() {
     app.no_status_within(2 * SECOND).await;
     assert_eq!(receiver.count(), 0);
 
-    sqlx::raw_sql(sqlx::AssertSqlSafe(cut(true)))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    admin.batch_execute(&cut(true)).await.unwrap();
     wait_ready(&app, true, 10 * SECOND).await;
     let status = app.next_status(15 * SECOND).await;
     assert_eq!(
@@ -136,16 +127,13 @@ async fn a_lost_retry_is_requeued_and_one_still_waiting_is_left_alone() {
     let webhook = app
         .insert_webhook("a", &receiver.url("/"), Trigger::All)
         .await;
-    let insert = |id: uuid::Uuid, event: &'static str, due_in_seconds: f64| {
-        sqlx::query(
+    let insert = async |id: uuid::Uuid, event: &'static str, due_in_seconds: f64| {
+        app.pg.execute(
             "INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status, attempts, request_body, occurred_at, next_attempt_at, created_at, updated_at)
              VALUES ($1, $2, $3, 'namespace', 'repoTest', 'latest', 'sha256:ab', 'retrying', 1, '{}', now(), now() + make_interval(secs => $4), now() - interval '2 hours', now() - interval '2 minutes')",
+            &[&id, &event, &webhook, &due_in_seconds],
         )
-        .bind(id)
-        .bind(event)
-        .bind(webhook)
-        .bind(due_in_seconds)
-        .execute(&app.pg)
+        .await
     };
     let (lost, waiting) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     insert(lost, "lost-retry", -120.0).await.unwrap();
@@ -157,13 +145,15 @@ async fn a_lost_retry_is_requeued_and_one_still_waiting_is_left_alone() {
         (status["delivery_id"].as_str(), status["attempt"].as_i64()),
         (Some(lost.to_string().as_str()), Some(2))
     );
-    let (attempts, touched): (i32, bool) = sqlx::query_as(
-        "SELECT attempts, updated_at > now() - interval '1 minute' FROM deliveries WHERE id = $1",
-    )
-    .bind(waiting)
-    .fetch_one(&app.pg)
-    .await
-    .unwrap();
+    let r = app
+        .pg
+        .query_one(
+            "SELECT attempts, updated_at > now() - interval '1 minute' FROM deliveries WHERE id = $1",
+            &[&waiting],
+        )
+        .await
+        .unwrap();
+    let (attempts, touched): (i32, bool) = (r.get(0), r.get(1));
     assert_eq!(
         (attempts, touched),
         (1, false),
@@ -186,13 +176,11 @@ async fn a_delivery_whose_job_was_lost_is_requeued_by_the_sweeper() {
         .await;
     // A delivery recorded two minutes ago whose job never reached (or left) the broker.
     let id = uuid::Uuid::new_v4();
-    sqlx::query(
+    app.pg.execute(
         "INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status, request_body, occurred_at, created_at, updated_at)
          VALUES ($1, 'lost-job', $2, 'namespace', 'repoTest', 'latest', 'sha256:ab', 'pending', '{}', now(), now() - interval '2 minutes', now() - interval '2 minutes')",
+        &[&id, &webhook],
     )
-    .bind(id)
-    .bind(webhook)
-    .execute(&app.pg)
     .await
     .unwrap();
     let request = receiver.next(30 * SECOND).await;

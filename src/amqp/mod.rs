@@ -1,8 +1,14 @@
-//! RabbitMQ: the topology tagcast declares (each argument explained), and publishing with
-//! publisher confirms.
+//! RabbitMQ: the topology tagcast declares (each argument explained), publishing with
+//! publisher confirms, the connection and its supervisor ([`connection`]), coalesced
+//! acknowledgements ([`acks`]) and queue depths ([`depths`]).
+
+pub mod acks;
+pub mod connection;
+pub mod depths;
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::future::try_join_all;
 use lapin::options::{
     BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -177,13 +183,15 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Resul
     Ok(())
 }
 
-/// A request for one delivery attempt, due at `not_before` (Unix milliseconds).
+/// A request for one delivery attempt, due at `not_before`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub delivery_id: Uuid,
     /// Which attempt this is: 1 for the first.
     pub attempt: i32,
-    pub not_before: i64,
+    /// Unix milliseconds on the wire.
+    #[serde(with = "chrono::serde::ts_milliseconds")]
+    pub not_before: DateTime<Utc>,
 }
 
 /// Publishes on one channel in confirm mode. Cheap to clone.
@@ -202,8 +210,8 @@ impl Publisher {
     }
 
     /// Sends a job to the delivery queue if it is due, else to the delay step that fits.
-    pub async fn job(&self, job: &Job, now_ms: i64) -> Result<Pending, AmqpError> {
-        let remaining = Duration::from_millis(u64::try_from(job.not_before - now_ms).unwrap_or(0));
+    pub async fn job(&self, job: &Job, now: DateTime<Utc>) -> Result<Pending, AmqpError> {
+        let remaining = (job.not_before - now).to_std().unwrap_or(Duration::ZERO);
         let queue = if remaining.is_zero() {
             self.topology.deliveries_queue()
         } else {

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use super::guard::AddressPolicy;
-use super::retry::{AttemptOutcome, parse_retry_after};
+use crate::guard::AddressPolicy;
 use crate::metrics::AttemptLabel;
 use crate::payload;
+use crate::retry::{AttemptError, AttemptOutcome, parse_retry_after};
 
 /// At most this much of a response body is read (SPEC section 4).
 const MAX_RESPONSE_READ: usize = 64 * 1024;
@@ -25,9 +25,8 @@ pub struct AttemptReport {
     pub outcome: AttemptOutcome,
     pub started_at: DateTime<Utc>,
     pub duration: Duration,
-    /// The `delivery_attempts.error` text: `timeout`, `connect`, `tls_certificate`,
-    /// `blocked_address`, `invalid_url` or `invalid_secret`; `None` when the receiver answered.
-    pub error: Option<&'static str>,
+    /// Why there was no answer; `None` when the receiver answered.
+    pub error: Option<AttemptError>,
     pub response_body: Option<String>,
 }
 
@@ -37,6 +36,14 @@ impl AttemptReport {
             AttemptOutcome::Response { status, .. } => Some(status),
             _ => None,
         }
+    }
+
+    /// No connection could be made in time: the endpoint counts as slow for the gate.
+    pub fn unreachable(&self) -> bool {
+        matches!(
+            self.outcome,
+            AttemptOutcome::Timeout | AttemptOutcome::Connect
+        )
     }
 
     pub fn label(&self) -> AttemptLabel {
@@ -129,17 +136,17 @@ impl WebhookClient {
     ) -> AttemptReport {
         let started_at = Utc::now();
         let clock = Instant::now();
-        let report = |outcome, error, response_body| AttemptReport {
-            outcome,
+        let failed = |error: AttemptError| AttemptReport {
+            outcome: error.outcome(),
             started_at,
             duration: clock.elapsed(),
-            error,
-            response_body,
+            error: Some(error),
+            response_body: None,
         };
 
         let parsed = match reqwest::Url::parse(url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-            _ => return report(AttemptOutcome::Blocked, Some("invalid_url"), None),
+            _ => return failed(AttemptError::InvalidUrl),
         };
         // reqwest does not resolve IP-literal hosts, so the resolver never sees them.
         let literal: Option<IpAddr> = match parsed.host() {
@@ -148,7 +155,7 @@ impl WebhookClient {
             _ => None,
         };
         if literal.is_some_and(|ip| !self.policy.permits(ip)) {
-            return report(AttemptOutcome::Blocked, Some("blocked_address"), None);
+            return failed(AttemptError::BlockedAddress);
         }
 
         let timestamp = started_at.timestamp();
@@ -163,16 +170,13 @@ impl WebhookClient {
             match payload::sign(secret, webhook_id, timestamp, body) {
                 Ok(Some(signature)) => request = request.header("webhook-signature", signature),
                 Ok(None) => {}
-                Err(_) => return report(AttemptOutcome::Blocked, Some("invalid_secret"), None),
+                Err(_) => return failed(AttemptError::InvalidSecret),
             }
         }
 
         let mut response = match request.send().await {
             Ok(response) => response,
-            Err(e) => {
-                let (outcome, error) = classify_error(&e);
-                return report(outcome, Some(error), None);
-            }
+            Err(e) => return failed(classify_error(&e)),
         };
         let status = response.status().as_u16();
         let retry_after = response
@@ -200,33 +204,35 @@ impl WebhookClient {
         while text.len() > MAX_RESPONSE_KEPT {
             text.pop();
         }
-        report(
-            AttemptOutcome::Response {
+        AttemptReport {
+            outcome: AttemptOutcome::Response {
                 status,
                 retry_after,
             },
-            None,
-            (!text.is_empty()).then_some(text),
-        )
+            started_at,
+            duration: clock.elapsed(),
+            error: None,
+            response_body: (!text.is_empty()).then_some(text),
+        }
     }
 }
 
-fn classify_error(e: &reqwest::Error) -> (AttemptOutcome, &'static str) {
+fn classify_error(e: &reqwest::Error) -> AttemptError {
     let mut source = e.source();
     while let Some(s) = source {
         if s.is::<Blocked>() {
-            return (AttemptOutcome::Blocked, "blocked_address");
+            return AttemptError::BlockedAddress;
         }
         // rustls errors reach us wrapped in io::Error, whose source() skips them: their text
         // is what is left to recognise them by.
         if s.is::<rustls::Error>() || s.to_string().contains("certificate") {
-            return (AttemptOutcome::Connect, "tls_certificate");
+            return AttemptError::TlsCertificate;
         }
         source = s.source();
     }
     if e.is_timeout() {
-        (AttemptOutcome::Timeout, "timeout")
+        AttemptError::Timeout
     } else {
-        (AttemptOutcome::Connect, "connect")
+        AttemptError::Connect
     }
 }

@@ -1,11 +1,9 @@
 //! The core pipeline end to end: events in, webhooks out, records, status events, metrics.
 
-mod common;
-
 use std::time::Duration;
 
-use common::receiver::{Receiver, Reply};
-use common::{SECOND, TestApp, Trigger, event};
+use crate::common::receiver::{Receiver, Reply};
+use crate::common::{SECOND, TestApp, Trigger, event, eventually, pg_connect};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -89,11 +87,17 @@ async fn each_trigger_type_fires_or_records_not_triggered() {
         paths,
         ["/all", "/all", "/all", "/all", "/expr", "/tags"].map(String::from)
     );
-    let counts: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status")
-            .fetch_all(&app.pg)
-            .await
-            .unwrap();
+    let counts: Vec<(String, i64)> = app
+        .pg
+        .query(
+            "SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     assert_eq!(
         counts,
         vec![("not_triggered".into(), 6), ("succeeded".into(), 6)]
@@ -207,12 +211,26 @@ async fn the_notification_is_exact_and_recorded() {
         Option<String>,
         Option<String>,
     );
-    let row: Row = sqlx::query_as(
+    let r = app.pg.query_one(
         "SELECT id, event_id, webhook_id, namespace, repository, tag, digest, status, attempts, http_status, error, request_body FROM deliveries",
+        &[],
     )
-    .fetch_one(&app.pg)
     .await
     .unwrap();
+    let row: Row = (
+        r.get(0),
+        r.get(1),
+        r.get(2),
+        r.get(3),
+        r.get(4),
+        r.get(5),
+        r.get(6),
+        r.get(7),
+        r.get(8),
+        r.get(9),
+        r.get(10),
+        r.get(11),
+    );
     assert_eq!(row.0, webhook_id);
     assert_eq!(
         (row.1.as_str(), row.2),
@@ -231,16 +249,14 @@ async fn the_notification_is_exact_and_recorded() {
         Some(SPEC_BODY),
         "request_body is exactly what was sent"
     );
+    let r = app.pg.query_one("SELECT attempt, duration_ms, http_status, error, response_body FROM delivery_attempts WHERE delivery_id = $1", &[&webhook_id]).await.unwrap();
     let attempt: (i32, i32, Option<i32>, Option<String>, Option<String>) =
-        sqlx::query_as("SELECT attempt, duration_ms, http_status, error, response_body FROM delivery_attempts WHERE delivery_id = $1").bind(webhook_id).fetch_one(&app.pg).await.unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
     assert_eq!(
         (attempt.0, attempt.2, attempt.3, attempt.4.as_deref()),
         (1, Some(200), None, Some("thanks"))
     );
-    let watched: bool = sqlx::query_scalar("SELECT watched FROM deliveries")
-        .fetch_one(&app.pg)
-        .await
-        .unwrap();
+    let watched: bool = app.scalar("SELECT watched FROM deliveries").await;
     assert!(!watched, "a final delivery is out of the sweeper's index");
     app.teardown().await;
 }
@@ -269,15 +285,9 @@ async fn an_event_delivered_twice_is_recorded_and_sent_once() {
     };
     assert_eq!(ids(&first), ids(&again), "same deliveries, same statuses");
     assert_eq!(receiver.count(), 1, "nothing that succeeded is sent again");
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries")
-        .fetch_one(&app.pg)
-        .await
-        .unwrap();
+    let rows: i64 = app.scalar("SELECT count(*) FROM deliveries").await;
     assert_eq!(rows, 2);
-    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_attempts")
-        .fetch_one(&app.pg)
-        .await
-        .unwrap();
+    let attempts: i64 = app.scalar("SELECT count(*) FROM delivery_attempts").await;
     assert_eq!(attempts, 1);
     app.teardown().await;
 }
@@ -294,9 +304,8 @@ async fn the_same_event_twice_in_one_batch_is_sent_once() {
         .await;
     // A lock on the webhooks holds up the batch of another event (its foreign-key checks wait),
     // so both copies queue up behind it and make the next batch together.
-    let mut lock = app.pg.begin().await.unwrap();
-    sqlx::query("SELECT id FROM webhooks FOR UPDATE")
-        .execute(&mut *lock)
+    let lock = pg_connect(app.settings.database_url.expose()).await;
+    lock.batch_execute("BEGIN; SELECT id FROM webhooks FOR UPDATE")
         .await
         .unwrap();
     let mut other = event("latest");
@@ -307,7 +316,7 @@ async fn the_same_event_twice_in_one_batch_is_sent_once() {
     app.publish_event(&e).await;
     app.publish_event(&e).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    lock.rollback().await.unwrap();
+    lock.batch_execute("ROLLBACK").await.unwrap();
     // Each copy publishes both statuses (the second copy's `succeeded` may wait for the first
     // copy's claim on the attempt), after the other event's two.
     let statuses: Vec<Value> = app
@@ -326,12 +335,15 @@ async fn the_same_event_twice_in_one_batch_is_sent_once() {
         ["not_triggered", "not_triggered", "succeeded", "succeeded"]
     );
     assert_eq!(receiver.count(), 2, "sent once, beside the other event");
-    let (rows, attempts): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM deliveries), (SELECT count(*) FROM delivery_attempts)",
-    )
-    .fetch_one(&app.pg)
-    .await
-    .unwrap();
+    let r = app
+        .pg
+        .query_one(
+            "SELECT (SELECT count(*) FROM deliveries), (SELECT count(*) FROM delivery_attempts)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, attempts): (i64, i64) = (r.get(0), r.get(1));
     assert_eq!((rows, attempts), (4, 2));
     assert_eq!(
         app.metric("tagcast_database_retries_total").await,
@@ -420,12 +432,15 @@ async fn an_unusable_rule_gets_a_failed_record_naming_the_problem() {
     assert_eq!(by_webhook(&statuses, good)["status"], "succeeded");
     assert_eq!(receiver.next(SECOND).await.path_and_query, "/good");
     assert_eq!(receiver.count(), 1, "no request for the bad row");
-    let error: Option<String> =
-        sqlx::query_scalar("SELECT error FROM deliveries WHERE webhook_id = $1")
-            .bind(bad)
-            .fetch_one(&app.pg)
-            .await
-            .unwrap();
+    let error: Option<String> = app
+        .pg
+        .query_one(
+            "SELECT error FROM deliveries WHERE webhook_id = $1",
+            &[&bad],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert!(error.unwrap().contains("does not compile"));
     assert_eq!(
         app.metric(r#"tagcast_deliveries_completed_total{status="failed"}"#)
@@ -461,9 +476,11 @@ async fn a_webhook_inserted_while_running_is_used_a_second_later() {
     );
 
     // And a change of rule too.
-    sqlx::query("UPDATE webhooks SET trigger_type = 'tags', trigger_tags = '{v2}' WHERE id = $1")
-        .bind(id)
-        .execute(&app.pg)
+    app.pg
+        .execute(
+            "UPDATE webhooks SET trigger_type = 'tags', trigger_tags = '{v2}' WHERE id = $1",
+            &[&id],
+        )
         .await
         .unwrap();
     tokio::time::sleep(SECOND).await;
@@ -555,14 +572,14 @@ async fn a_message_that_always_fails_is_dead_lettered_by_the_delivery_limit() {
     app.insert_webhook("a", &receiver.url("/a"), Trigger::All)
         .await;
     // A permanent database error for one event only: its processing fails every time.
-    sqlx::raw_sql(
-        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+    app.pg
+        .batch_execute(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN IF NEW.event_id = 'poison' THEN RAISE EXCEPTION 'poisoned event'; END IF; RETURN NEW; END $$;
          CREATE TRIGGER poison BEFORE INSERT ON deliveries FOR EACH ROW EXECUTE FUNCTION poison();",
-    )
-    .execute(&app.pg)
-    .await
-    .unwrap();
+        )
+        .await
+        .unwrap();
     let mut poison = event("latest");
     poison["event_id"] = "poison".into();
     app.publish_event(&poison).await;
@@ -570,14 +587,11 @@ async fn a_message_that_always_fails_is_dead_lettered_by_the_delivery_limit() {
 
     // The valid event goes through while the poison one cycles.
     assert_eq!(app.next_status(10 * SECOND).await["status"], "succeeded");
-    let deadline = std::time::Instant::now() + 30 * SECOND;
-    let dead = loop {
+    let dead = eventually("the poison event dead-lettered", 30 * SECOND, || async {
         let dead = app.queue_messages("events.dead").await;
-        if !dead.is_empty() || std::time::Instant::now() > deadline {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
     assert_eq!(
         dead.len(),
         1,
@@ -604,15 +618,15 @@ async fn an_event_redelivered_five_times_hands_its_deliveries_to_jobs() {
         .await;
     // The first five tries to record the event's decisions fail: five redeliveries. A sequence
     // counts the tries, since a failed statement rolls back everything else.
-    sqlx::raw_sql(
-        "CREATE SEQUENCE flaky_tries;
+    app.pg
+        .batch_execute(
+            "CREATE SEQUENCE flaky_tries;
          CREATE FUNCTION flaky() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN IF NEW.event_id = 'flaky' AND nextval('flaky_tries') <= 5 THEN RAISE EXCEPTION 'flaky'; END IF; RETURN NEW; END $$;
          CREATE TRIGGER flaky BEFORE INSERT ON deliveries FOR EACH ROW EXECUTE FUNCTION flaky();",
-    )
-    .execute(&app.pg)
-    .await
-    .unwrap();
+        )
+        .await
+        .unwrap();
     let mut flaky = event("latest");
     flaky["event_id"] = "flaky".into();
     app.publish_event(&flaky).await;
@@ -642,7 +656,7 @@ async fn an_event_redelivered_five_times_hands_its_deliveries_to_jobs() {
 #[tokio::test]
 async fn no_more_events_run_at_once_than_the_concurrency_setting() {
     const HOLD: Duration = Duration::from_millis(600);
-    let mut settings = common::test_settings();
+    let mut settings = crate::common::test_settings();
     settings.event_concurrency = 4; // prefetch 5
     let mut app = TestApp::spawn_with(settings).await;
     let receiver = Receiver::scripted(|_| Reply::status(200).after(HOLD)).await;

@@ -1,0 +1,126 @@
+//! The broker connection: open it with its channels, and keep one open, reconnecting with
+//! backoff whenever it is lost.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder as _, ExponentialBuilder};
+use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::acks::prefetch;
+use super::{AmqpError, Publisher, Topology};
+use crate::health::Flag;
+use crate::metrics::Metrics;
+use crate::redact::SecretUrl;
+
+/// The channels of one connection: publishing (in confirm mode), one per consumed queue, each
+/// with its prefetch, and one for reading queue depths.
+pub struct Channels {
+    pub publisher: Publisher,
+    pub events: Channel,
+    pub deliveries: Channel,
+    pub depths: Channel,
+}
+
+/// Where and how to connect.
+pub struct Broker {
+    pub url: SecretUrl,
+    pub topology: Arc<Topology>,
+    pub event_concurrency: u16,
+    pub delivery_concurrency: u16,
+}
+
+impl Broker {
+    /// Connects, declares the topology and opens the channels.
+    pub async fn connect(&self) -> Result<(Connection, Channels), AmqpError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("tagcast {}", self.topology.prefix).into());
+        let connection = Connection::connect(self.url.expose(), properties).await?;
+        let publish = connection.create_channel().await?;
+        self.topology.declare(&publish).await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let events = connection.create_channel().await?;
+        events
+            .basic_qos(prefetch(self.event_concurrency), BasicQosOptions::default())
+            .await?;
+        let deliveries = connection.create_channel().await?;
+        deliveries
+            .basic_qos(
+                prefetch(self.delivery_concurrency),
+                BasicQosOptions::default(),
+            )
+            .await?;
+        let depths = connection.create_channel().await?;
+        let channels = Channels {
+            publisher: Publisher::new(publish, self.topology.clone()),
+            events,
+            deliveries,
+            depths,
+        };
+        Ok((connection, channels))
+    }
+
+    /// Keeps a connection open until `stop` fires: `session` runs on each connection, and
+    /// returns when it is lost (or on `stop`). The current publisher, if any, is kept in
+    /// `publisher` for background work. Returns the live connection once stopped, so in-flight
+    /// handlers can still acknowledge.
+    pub async fn supervise<S, Fut>(
+        self,
+        health: Flag,
+        metrics: Metrics,
+        publisher: watch::Sender<Option<Publisher>>,
+        stop: CancellationToken,
+        session: S,
+    ) -> Option<Connection>
+    where
+        S: Fn(Channels) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let backoff = || {
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .without_max_times()
+                .build()
+        };
+        let mut delays = backoff();
+        loop {
+            if stop.is_cancelled() {
+                return None;
+            }
+            match self.connect().await {
+                Ok((connection, channels)) => {
+                    delays = backoff();
+                    metrics.broker_connections.inc();
+                    health.up();
+                    tracing::info!(amqp = %self.url, "connected to RabbitMQ");
+                    publisher.send_replace(Some(channels.publisher.clone()));
+                    session(channels).await;
+                    publisher.send_replace(None);
+                    if stop.is_cancelled() {
+                        return Some(connection);
+                    }
+                    health.down(&"connection lost");
+                    tracing::warn!("lost RabbitMQ connection; reconnecting");
+                    let _ = connection.close(320, "reconnecting".into()).await;
+                }
+                Err(e) => {
+                    health.down(&e);
+                    tracing::debug!(amqp = %self.url, error = %e, "cannot connect to RabbitMQ; retrying");
+                }
+            }
+            // Never exhausted: built without a limit.
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}

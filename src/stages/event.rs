@@ -1,0 +1,231 @@
+//! The event stage: one `build.completed` event. Load the repository's webhooks, decide each
+//! trigger, record every decision (group-committed with other events), make the first attempt
+//! of each healthy webhook right here, hand the others to the delivery queue, and publish every
+//! status. The consumer acknowledges once all of it is durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use futures_util::future::join_all;
+
+use super::Context;
+use super::attempt::{Target, attempt, publish_status};
+use crate::amqp::{Job, Publisher};
+use crate::consumer::{Done, Inbound, POISON_WARNING, StageError};
+use crate::events::{self, BuildEvent, Decoded};
+use crate::gate::Pass;
+use crate::metrics::{Completed, EventResult, FirstAttempt};
+use crate::model::{DeliveryStatus, delivery_id};
+use crate::payload;
+use crate::store::{Decision, EventDecisions, Recorded, Rule, Webhook};
+
+/// Handles one message of the events queue.
+pub async fn handle(
+    ctx: Arc<Context>,
+    publisher: Publisher,
+    message: Inbound,
+) -> Result<Done, StageError> {
+    let event = match events::decode(&message.body) {
+        Ok(Decoded::Build(event)) => event,
+        Ok(Decoded::Ignored { event_type }) => {
+            ctx.metrics.event(EventResult::Ignored);
+            tracing::info!(event_type = %event_type.escape_debug(), "event of another type ignored");
+            return Ok(Done::default());
+        }
+        Err(reason) => {
+            ctx.metrics.event(EventResult::Invalid);
+            return Err(reason.into());
+        }
+    };
+    ctx.metrics.event(EventResult::Accepted);
+    tracing::Span::current().record("id", event.event_id.as_str());
+    // An inline delivery is left to its event's next redelivery if this worker dies; an event
+    // near the delivery limit may have none, so its deliveries go to jobs the sweeper watches.
+    let inline = message.redeliveries < POISON_WARNING;
+    fan_out(&ctx, &publisher, event, inline).await
+}
+
+/// What the event stage does with one recorded delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Claimed with its insert: attempt it here, now.
+    AttemptInline,
+    /// Handed off, or left unfinished by an earlier copy of the event: its next attempt is due
+    /// (again). A duplicate job is harmless: attempts are claimed in the database.
+    QueueJob,
+    /// Final already: (re)publish its status event.
+    PublishStatus,
+}
+
+/// `created`: this copy of the event inserted the row; `passed`: it holds an inline pass for
+/// the webhook.
+fn plan(status: DeliveryStatus, created: bool, passed: bool) -> Plan {
+    match status {
+        DeliveryStatus::Pending if created && passed => Plan::AttemptInline,
+        DeliveryStatus::Pending | DeliveryStatus::Retrying => Plan::QueueJob,
+        DeliveryStatus::NotTriggered | DeliveryStatus::Succeeded | DeliveryStatus::Failed => {
+            Plan::PublishStatus
+        }
+    }
+}
+
+async fn fan_out(
+    ctx: &Context,
+    publisher: &Publisher,
+    event: BuildEvent,
+    inline: bool,
+) -> Result<Done, StageError> {
+    let repo = &event.repository;
+    let webhooks = ctx
+        .db(|| ctx.cache.get(&repo.namespace, &repo.name))
+        .await?;
+    if webhooks.is_empty() {
+        return Ok(Done::default());
+    }
+
+    // Decide, and take an inline pass for each webhook that fires and is healthy.
+    let now = Instant::now();
+    let mut passes: HashMap<i64, Pass> = HashMap::new();
+    let decisions: Vec<Decision> = webhooks
+        .iter()
+        .map(|w| {
+            let mut d = decide(ctx, w, &event);
+            if d.status == DeliveryStatus::Pending
+                && inline
+                && let Some(pass) = ctx.gate.try_inline(w.id, now)
+            {
+                passes.insert(w.id, pass);
+                d.claim_first_attempt = true;
+            }
+            d
+        })
+        .collect();
+    let body: Arc<str> = payload::render(&event).into();
+    let submitted = EventDecisions {
+        event: Arc::new(event),
+        body: body.clone(),
+        decisions,
+    };
+    let recorded = ctx.db(|| ctx.recorder.decisions(submitted.clone())).await?;
+
+    let now = Utc::now();
+    let mut done = Done::default();
+    let mut inline = Vec::new();
+    for Recorded { record, created } in recorded {
+        let pass = passes.remove(&record.webhook_id);
+        match plan(record.status, created, pass.is_some()) {
+            Plan::AttemptInline => {
+                ctx.metrics.first_attempt(FirstAttempt::Inline);
+                inline.push((record, pass));
+            }
+            Plan::QueueJob => {
+                if created {
+                    ctx.metrics.first_attempt(FirstAttempt::Queued);
+                }
+                let job = Job {
+                    delivery_id: record.id,
+                    attempt: record.attempts + 1,
+                    not_before: record.next_attempt_at.unwrap_or(now),
+                };
+                done.push(publisher.job(&job, now).await?);
+            }
+            Plan::PublishStatus => {
+                if created && record.status == DeliveryStatus::Failed {
+                    ctx.metrics.completed(Completed::Failed);
+                    tracing::warn!(delivery_id = %record.id, webhook_id = record.webhook_id, error = record.error.as_deref(), "webhook row cannot be used");
+                }
+                done.extend(publish_status(publisher, &record).await?);
+            }
+        }
+    }
+
+    // The inline first attempts, all at once; the webhooks' rows give URL and secret.
+    let attempts = inline.into_iter().map(|(record, pass)| {
+        let webhook = webhooks.iter().find(|w| w.id == record.webhook_id).cloned();
+        let body = body.clone();
+        async move {
+            // Every record comes from one of these webhooks, so it is always found; were it not,
+            // the claimed delivery would still be attempted by a job once its lease ran out.
+            let Some(webhook) = webhook else {
+                let job = Job {
+                    delivery_id: record.id,
+                    attempt: 1,
+                    not_before: Utc::now(),
+                };
+                return Ok(Done::after(vec![publisher.job(&job, Utc::now()).await?]));
+            };
+            // Bounds connections and buffers, hence memory, however many events are in flight.
+            // The semaphore is never closed, so acquiring cannot fail.
+            let _slot = ctx.inline_slots.acquire().await;
+            let target = Target {
+                url: &webhook.url,
+                secret: webhook.secret.as_deref(),
+                body: &body,
+            };
+            // Boxed: the attempt's state (the HTTP exchange above all) is allocated only once
+            // it has a slot, not for every delivery of every event in flight.
+            Box::pin(attempt(ctx, publisher, record, target, 1, pass)).await
+        }
+    });
+    for result in join_all(attempts).await {
+        done.extend(result?);
+    }
+    Ok(done)
+}
+
+fn decide(ctx: &Context, webhook: &Webhook, event: &BuildEvent) -> Decision {
+    let (status, error) = match &webhook.rule {
+        Rule::Unusable(why) => (DeliveryStatus::Failed, Some(why.to_string())),
+        Rule::Usable(trigger) => {
+            let fired = trigger.fires(&event.tag);
+            ctx.metrics.trigger_evaluated(trigger.kind(), fired);
+            let status = if fired {
+                DeliveryStatus::Pending
+            } else {
+                DeliveryStatus::NotTriggered
+            };
+            (status, None)
+        }
+    };
+    Decision {
+        id: delivery_id(&event.event_id, webhook.id),
+        webhook_id: webhook.id,
+        status,
+        error,
+        claim_first_attempt: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DeliveryStatus::*;
+
+    #[test]
+    fn each_recorded_delivery_gets_its_plan() {
+        let cases = [
+            // (status, created by this copy, holds a pass) -> plan
+            (Pending, true, true, Plan::AttemptInline),
+            (Pending, true, false, Plan::QueueJob),
+            // A row an earlier copy created: its first attempt may be unfinished.
+            (Pending, false, true, Plan::QueueJob),
+            (Pending, false, false, Plan::QueueJob),
+            (Retrying, false, false, Plan::QueueJob),
+            (Retrying, false, true, Plan::QueueJob),
+            (NotTriggered, true, false, Plan::PublishStatus),
+            (NotTriggered, false, false, Plan::PublishStatus),
+            (Failed, true, false, Plan::PublishStatus),
+            (Succeeded, false, false, Plan::PublishStatus),
+            (Succeeded, false, true, Plan::PublishStatus),
+        ];
+        for (status, created, passed, expected) in cases {
+            assert_eq!(
+                plan(status, created, passed),
+                expected,
+                "{status:?} created={created} passed={passed}"
+            );
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The integration tests, one binary with a module per area, against the real RabbitMQ and
+//! PostgreSQL: each test makes its own database, queue prefix and exchanges, and removes them
+//! when it ends, passed or failed. (`chaos` and `secrets_in_logs` are binaries of their own: one
+//! runs tagcast as child processes under load, the other installs the process's log subscriber.)
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod faults;
+mod observability;
+mod pipeline;
+mod retries;
+mod security;
