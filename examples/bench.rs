@@ -11,7 +11,7 @@
 //! webhook logic); tagcast draining a backlog with fan-out 1 and 10 (deliveries per second, CPU
 //! seconds per 1,000 deliveries, peak RSS); latency from the event's send time to the receiver at
 //! 1,000 events per second offered; trigger evaluation per webhook; and the floor, the CPU that
-//! each part SPEC asks of a delivery costs on its own (see `Floor`), with the rate it allows.
+//! each part the contract asks of a delivery costs on its own (see `Floor`), with the rate it allows.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -561,7 +561,7 @@ fn trigger_micro() -> Vec<(&'static str, f64)> {
         .collect()
 }
 
-/// CPU seconds per 1,000 of each part that SPEC asks of every delivery, measured on its own at
+/// CPU seconds per 1,000 of each part that the contract asks of every delivery, measured on its own at
 /// full speed with no webhook logic. Servers and the receiver only, plus an HTTP client: the
 /// AMQP and database clients and all of tagcast's own work come on top, so the sum is a floor
 /// that no design on these parts can go below.
@@ -600,7 +600,7 @@ impl Floor {
     }
 }
 
-/// A status event as tagcast publishes it (SPEC section 7), for its size.
+/// A status event as tagcast publishes it (contract section 7), for its size.
 fn status_body() -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "delivery_id": Uuid::new_v4(), "event_id": Uuid::new_v4(), "webhook_id": 42,

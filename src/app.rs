@@ -78,7 +78,7 @@ impl App {
         let lease = stages::lease(s.http_connect_timeout, s.http_timeout);
         let ctx = Arc::new(Context {
             pool: self.pool.clone(),
-            recorder: Recorder::spawn(self.pool.clone(), lease),
+            recorder: Recorder::spawn(&self.pool, lease)?,
             gate: Arc::default(),
             inline_slots: tokio::sync::Semaphore::new(stages::INLINE_ATTEMPTS),
             cache: cache.clone(),

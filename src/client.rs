@@ -14,7 +14,7 @@ use crate::metrics::AttemptLabel;
 use crate::payload;
 use crate::retry::{AttemptError, AttemptOutcome, parse_retry_after};
 
-/// At most this much of a response body is read (SPEC section 4).
+/// At most this much of a response body is read (contract section 4).
 const MAX_RESPONSE_READ: usize = 64 * 1024;
 /// At most this much of it is kept in `delivery_attempts.response_body`.
 const MAX_RESPONSE_KEPT: usize = 4 * 1024;

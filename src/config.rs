@@ -1,4 +1,4 @@
-//! Typed settings (SPEC section 9): every environment variable is also a command-line flag.
+//! Typed settings (contract section 9): every environment variable is also a command-line flag.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,12 +21,14 @@ pub struct Cli {
     pub settings: Settings,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Apply pending migrations, then consume events and deliver webhooks until SIGTERM.
     Run,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Publish one build.completed event to TAGCAST_EVENTS_EXCHANGE, as a registry would.
+    Publish(crate::publish::Sample),
 }
 
 /// Every setting. The value names are the environment variables, so a parse error names the

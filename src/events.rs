@@ -1,4 +1,4 @@
-//! The inbound `build.completed` event (SPEC section 1): decoding and validation, pure.
+//! The inbound `build.completed` event (contract section 1): decoding and validation, pure.
 
 use chrono::{DateTime, FixedOffset};
 use serde::Deserialize;
@@ -195,7 +195,7 @@ pub fn is_digest(digest: &str) -> bool {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) const SPEC_EXAMPLE: &str = r#"{
+    pub(crate) const CONTRACT_EXAMPLE: &str = r#"{
       "event_id": "0b6f7c1e-6c7e-4a55-9a7e-2c1d7f1f9a10",
       "type": "build.completed",
       "occurred_at": "2016-11-29T12:25:46+08:00",
@@ -215,13 +215,13 @@ pub(crate) mod tests {
     }"#;
 
     fn with(pointer: &str, value: serde_json::Value) -> Vec<u8> {
-        let mut v: serde_json::Value = serde_json::from_str(SPEC_EXAMPLE).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(CONTRACT_EXAMPLE).unwrap();
         *v.pointer_mut(pointer).unwrap() = value;
         serde_json::to_vec(&v).unwrap()
     }
 
     fn without(parent: &str, key: &str) -> Vec<u8> {
-        let mut v: serde_json::Value = serde_json::from_str(SPEC_EXAMPLE).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(CONTRACT_EXAMPLE).unwrap();
         v.pointer_mut(parent)
             .unwrap()
             .as_object_mut()
@@ -232,7 +232,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_spec_example_decodes() {
-        let Decoded::Build(e) = decode(SPEC_EXAMPLE.as_bytes()).unwrap() else {
+        let Decoded::Build(e) = decode(CONTRACT_EXAMPLE.as_bytes()).unwrap() else {
             panic!("not a build event")
         };
         assert_eq!(e.event_id, "0b6f7c1e-6c7e-4a55-9a7e-2c1d7f1f9a10");
@@ -243,7 +243,7 @@ pub(crate) mod tests {
 
     #[test]
     fn unknown_fields_are_ignored_and_other_types_are_ignored() {
-        let mut v: serde_json::Value = serde_json::from_str(SPEC_EXAMPLE).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(CONTRACT_EXAMPLE).unwrap();
         v["repository"]["extra"] = serde_json::json!({"deep": [1, 2]});
         v["more"] = serde_json::json!(true);
         assert!(matches!(
@@ -357,7 +357,7 @@ pub(crate) mod tests {
 
     #[test]
     fn oversized_and_deeply_nested_messages_are_refused() {
-        let mut big = SPEC_EXAMPLE.as_bytes().to_vec();
+        let mut big = CONTRACT_EXAMPLE.as_bytes().to_vec();
         big.resize(MAX_EVENT_BYTES + 1, b' ');
         assert_eq!(decode(&big), Err(EventError::TooLarge(MAX_EVENT_BYTES + 1)));
 
@@ -419,7 +419,7 @@ pub(crate) mod tests {
         // 20,000 cases each: the figures quoted for "decoding never panics on any bytes".
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
 
-        /// Structure-aware: the SPEC example with one field replaced by any JSON value. Valid
+        /// Structure-aware: the contract's example with one field replaced by any JSON value. Valid
         /// or not, it decodes to a value or a reason, and a wrong type is always a reason.
         #[test]
         fn any_value_in_any_field_decodes_or_is_refused(field in 0usize..FIELDS.len(), value in any_json()) {
@@ -437,7 +437,7 @@ pub(crate) mod tests {
 
         #[test]
         fn decode_never_panics_on_mutated_events(pos in 0usize..600, byte in proptest::num::u8::ANY) {
-            let mut body = SPEC_EXAMPLE.as_bytes().to_vec();
+            let mut body = CONTRACT_EXAMPLE.as_bytes().to_vec();
             let at = pos % body.len();
             body[at] = byte;
             let _ = decode(&body);

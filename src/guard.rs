@@ -1,4 +1,4 @@
-//! The address guard (SPEC section 10): which IP addresses a webhook may never reach. Pure.
+//! The address guard (contract section 10): which IP addresses a webhook may never reach. Pure.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -1,4 +1,4 @@
-//! `/metrics`, `/healthz` and `/readyz` (SPEC section 8).
+//! `/metrics`, `/healthz` and `/readyz` (contract section 8).
 
 use std::convert::Infallible;
 

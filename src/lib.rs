@@ -12,7 +12,7 @@
 //! - **[`consumer`]**: the consume loop, generic over its stage, and the one place where an
 //!   outcome becomes ack, reject or requeue.
 //! - **[`stages`]**: the event stage and the job stage; [`sweeper`] and [`probe`] beside them.
-//! - **[`app`]**: wiring only.
+//! - **[`app`]**: wiring only; [`publish`], the `tagcast publish` subcommand, beside it.
 //!
 //! # Flow
 //!
@@ -51,6 +51,7 @@ pub mod metrics;
 pub mod model;
 pub mod payload;
 pub mod probe;
+pub mod publish;
 pub mod redact;
 pub mod retry;
 pub mod stages;

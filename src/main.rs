@@ -6,13 +6,13 @@ use clap::Parser as _;
 use tagcast::config::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-/// jemalloc: 13 % less CPU per delivery in tagcast at fan-out 10 (4 % at fan-out 1) than glibc's
-/// malloc, which took 18 % of its samples.
+/// jemalloc: less CPU per delivery than glibc's malloc, whose calls were a large share of
+/// tagcast's profile (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read before `main`: freed pages go back to the system after a second, not
-/// ten, which keeps the peak RSS of a fan-out 10 drain at 57-59 MiB instead of 62-70.
+/// ten, which keeps the peak RSS of a busy worker as low as glibc's (docs/performance.md).
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
@@ -25,6 +25,15 @@ async fn main() -> anyhow::Result<()> {
             let pool = tagcast::store::connect(&cli.settings.database_url, 2)?;
             tagcast::store::migrate(&pool).await?;
             tracing::info!("migrations applied");
+        }
+        Command::Publish(sample) => {
+            let s = &cli.settings;
+            let event_id =
+                tagcast::publish::publish(&s.amqp_url, &s.events_exchange, &sample).await?;
+            println!(
+                "published build.completed {event_id} for {}/{} tag {} to {}",
+                sample.namespace, sample.repository, sample.tag, s.events_exchange
+            );
         }
         Command::Run => {
             let app = tagcast::App::build(cli.settings).await?;

@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC section 8): one struct of typed handles. Every label value comes from
+//! Prometheus metrics (contract section 8): one struct of typed handles. Every label value comes from
 //! a closed enum, never from input.
 
 use prometheus::{

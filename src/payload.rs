@@ -1,4 +1,4 @@
-//! The notification body and its Standard Webhooks signature (SPEC section 4). Pure.
+//! The notification body and its Standard Webhooks signature (contract section 4). Pure.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -15,7 +15,7 @@ struct Notification<'a> {
     repository: RepositoryData<'a>,
 }
 
-// Field order is the order of the JSON keys: keep it as SPEC section 4 shows.
+// Field order is the order of the JSON keys: keep it as contract section 4 shows.
 #[derive(Serialize)]
 struct PushData<'a> {
     digest: &'a str,
@@ -108,10 +108,10 @@ pub fn sign(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Decoded, decode, tests::SPEC_EXAMPLE};
+    use crate::events::{Decoded, decode, tests::CONTRACT_EXAMPLE};
 
     fn spec_event() -> BuildEvent {
-        match decode(SPEC_EXAMPLE.as_bytes()).unwrap() {
+        match decode(CONTRACT_EXAMPLE.as_bytes()).unwrap() {
             Decoded::Build(e) => e,
             other => panic!("{other:?}"),
         }

@@ -1,4 +1,4 @@
-//! Retry policy (SPEC section 5): which attempt outcomes are retried, and after how long. Pure.
+//! Retry policy (contract section 5): which attempt outcomes are retried, and after how long. Pure.
 
 use std::time::Duration;
 
@@ -15,11 +15,11 @@ pub enum AttemptOutcome {
     Timeout,
     /// Could not connect, or the connection broke (TLS failures included).
     Connect,
-    /// The address guard refused every address of the host (SPEC section 10).
+    /// The address guard refused every address of the host (contract section 10).
     Blocked,
 }
 
-/// Why an attempt got no answer, as `delivery_attempts.error` records it (SPEC section 6).
+/// Why an attempt got no answer, as `delivery_attempts.error` records it (contract section 6).
 /// Its metric label is the outcome's: `invalid_url` and `invalid_secret` count as `blocked` in
 /// `tagcast_delivery_attempts_total`, like `blocked_address` (no request left tagcast), and
 /// `tls_certificate` counts as `connect`.

@@ -1,4 +1,4 @@
-//! Status events (SPEC section 7): the message published each time a delivery becomes
+//! Status events (contract section 7): the message published each time a delivery becomes
 //! `not_triggered`, `retrying`, `succeeded` or `failed`.
 
 use chrono::{DateTime, SecondsFormat, Utc};

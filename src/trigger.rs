@@ -1,4 +1,4 @@
-//! Trigger rules (SPEC section 3): does a webhook fire for an image tag. Pure.
+//! Trigger rules (contract section 3): does a webhook fire for an image tag. Pure.
 
 use regex::{Regex, RegexBuilder};
 

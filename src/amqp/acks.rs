@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 /// How often the acknowledgements due are sent.
 const TICK: Duration = Duration::from_millis(2);
 /// Ticks a finished message behind a gap waits for the gap to close before it is acknowledged on
-/// its own. At 2 ticks, the 30,000 events of a fan-out 1 drain took about 9,000 acknowledgements
-/// on their own; at 10, 1,000 to 3,000. What waits counts against the prefetch (see
-/// [`prefetch`]): at most what finishes in 20 ms.
+/// its own: long enough that most gaps close (fewer acknowledgements on their own: see
+/// docs/performance.md), short enough that what waits, which counts against the prefetch (see
+/// [`prefetch`]), is at most what finishes in 20 ms.
 const HOLD_TICKS: u8 = 10;
 
 /// The prefetch for a consumer that handles `concurrency` messages at once: a quarter more, so

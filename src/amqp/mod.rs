@@ -111,7 +111,7 @@ impl Topology {
         declare_queue(channel, &self.events_dead_queue(), quorum()).await?;
         declare_queue(channel, &self.deliveries_dead_queue(), quorum()).await?;
 
-        // Exactly the arguments of SPEC section 1, so operators can declare it ahead of us.
+        // Exactly the arguments of contract section 1, so operators can declare it ahead of us.
         // Rejected messages go to the default exchange, routed to `<prefix>.events.dead`; the
         // delivery limit stops a message that crashes its consumer from looping forever.
         let mut events = quorum();

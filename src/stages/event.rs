@@ -115,12 +115,15 @@ async fn fan_out(
     let mut inline = Vec::new();
     for Recorded { record, created } in recorded {
         let pass = passes.remove(&record.webhook_id);
-        match plan(record.status, created, pass.is_some()) {
-            Plan::AttemptInline => {
+        // Every record comes from one of these webhooks; were one not found, its claimed
+        // delivery would go to a job, attempted once the claim's lease ran out.
+        let webhook = webhooks.iter().find(|w| w.id == record.webhook_id);
+        match (plan(record.status, created, pass.is_some()), webhook) {
+            (Plan::AttemptInline, Some(webhook)) => {
                 ctx.metrics.first_attempt(FirstAttempt::Inline);
-                inline.push((record, pass));
+                inline.push((record, pass, webhook.clone()));
             }
-            Plan::QueueJob => {
+            (Plan::AttemptInline | Plan::QueueJob, _) => {
                 if created {
                     ctx.metrics.first_attempt(FirstAttempt::Queued);
                 }
@@ -131,7 +134,7 @@ async fn fan_out(
                 };
                 done.push(publisher.job(&job, now).await?);
             }
-            Plan::PublishStatus => {
+            (Plan::PublishStatus, _) => {
                 if created && record.status == DeliveryStatus::Failed {
                     ctx.metrics.completed(Completed::Failed);
                     tracing::warn!(delivery_id = %record.id, webhook_id = record.webhook_id, error = record.error.as_deref(), "webhook row cannot be used");
@@ -142,20 +145,11 @@ async fn fan_out(
     }
 
     // The inline first attempts, all at once; the webhooks' rows give URL and secret.
-    let attempts = inline.into_iter().map(|(record, pass)| {
-        let webhook = webhooks.iter().find(|w| w.id == record.webhook_id).cloned();
+    // Each of these futures stays small until it has its slot (one per inline delivery of
+    // every event in flight): what it awaits before then is the slot alone.
+    let attempts = inline.into_iter().map(|(record, pass, webhook)| {
         let body = body.clone();
         async move {
-            // Every record comes from one of these webhooks, so it is always found; were it not,
-            // the claimed delivery would still be attempted by a job once its lease ran out.
-            let Some(webhook) = webhook else {
-                let job = Job {
-                    delivery_id: record.id,
-                    attempt: 1,
-                    not_before: Utc::now(),
-                };
-                return Ok(Done::after(vec![publisher.job(&job, Utc::now()).await?]));
-            };
             // Bounds connections and buffers, hence memory, however many events are in flight.
             // The semaphore is never closed, so acquiring cannot fail.
             let _slot = ctx.inline_slots.acquire().await;

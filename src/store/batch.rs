@@ -102,9 +102,8 @@ where
         Fut: Future<Output = Result<Vec<O>, StoreError>> + Send,
     {
         let (tx, mut rx) = mpsc::channel::<(I, Reply<O>)>(max_batch * 4);
-        // One statement at a time: what arrives while it runs makes the next batch. Measured
-        // here, that gave batches of 57-70 rows instead of 14-26 with four in flight, and
-        // PostgreSQL a quarter less CPU per record than with two (README, Performance).
+        // One statement at a time: what arrives while it runs makes the next batch, so batches
+        // grow with the load and PostgreSQL pays less per record (docs/performance.md).
         tokio::spawn(async move {
             let mut queued = Vec::with_capacity(max_batch);
             while rx.recv_many(&mut queued, max_batch).await > 0 {

@@ -1,4 +1,4 @@
-//! Access records (SPEC section 6): one `deliveries` row per (event, webhook) considered, one
+//! Access records (contract section 6): one `deliveries` row per (event, webhook) considered, one
 //! `delivery_attempts` row per HTTP attempt. Statuses are mapped to SQL text here and only here.
 
 use std::collections::{HashMap, HashSet};

@@ -111,12 +111,20 @@ impl Pool {
     pub async fn get(&self) -> Result<Client, StoreError> {
         Ok(self.pool.get().await?)
     }
+
+    /// A pool of its own on the same database, of at most `max_connections`.
+    pub fn sibling(&self, max_connections: usize) -> Result<Pool, StoreError> {
+        build(&self.config, max_connections)
+    }
 }
 
 /// Opens the pool. Connections are made lazily, so tagcast starts (and reports not ready) even
 /// while PostgreSQL is still coming up.
 pub fn connect(url: &SecretUrl, max_connections: usize) -> Result<Pool, StoreError> {
-    let config: tokio_postgres::Config = url.expose().parse()?;
+    build(&url.expose().parse()?, max_connections)
+}
+
+fn build(config: &tokio_postgres::Config, max_connections: usize) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
         config.clone(),
         NoTls,
@@ -136,7 +144,7 @@ pub fn connect(url: &SecretUrl, max_connections: usize) -> Result<Pool, StoreErr
         .build()?;
     Ok(Pool {
         pool,
-        config: Arc::new(config),
+        config: Arc::new(config.clone()),
     })
 }
 
@@ -209,22 +217,26 @@ pub struct Recorder {
 const MAX_BATCH: usize = 512;
 
 impl Recorder {
-    /// Starts the writers. `lease` is how long a first attempt claimed with its insert stays
-    /// claimed.
-    pub fn spawn(pool: Pool, lease: Lease) -> Recorder {
-        let p = pool.clone();
+    /// Starts the writers, each on a connection of its own. `lease` is how long a first
+    /// attempt claimed with its insert stays claimed.
+    ///
+    /// Connections of their own, because a connection keeps the buffers its largest statement
+    /// needed, and a batch of 512 decisions carries every notification body: taken from the
+    /// shared pool, the batches would leave such buffers on many of its connections.
+    pub fn spawn(pool: &Pool, lease: Lease) -> Result<Recorder, StoreError> {
+        let (decisions_pool, attempts_pool) = (pool.sibling(1)?, pool.sibling(1)?);
         let decisions = Batcher::spawn(MAX_BATCH, move |batch| {
-            let pool = p.clone();
+            let pool = decisions_pool.clone();
             async move { deliveries::record_decisions(&pool, lease, batch).await }
         });
         let attempts = Batcher::spawn(MAX_BATCH, move |batch| {
-            let pool = pool.clone();
+            let pool = attempts_pool.clone();
             async move { deliveries::record_attempts(&pool, batch).await }
         });
-        Recorder {
+        Ok(Recorder {
             decisions,
             attempts,
-        }
+        })
     }
 
     /// See [`deliveries::record_decisions`].

@@ -74,6 +74,48 @@ pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A database of its own, for a test that runs tagcast's commands without a `TestApp`; dropped
+/// with the guard.
+pub struct ScratchDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl ScratchDatabase {
+    pub async fn create() -> ScratchDatabase {
+        let name = format!("tagcast_s{}", &Uuid::new_v4().simple().to_string()[..12]);
+        pg_connect(PG_ADMIN)
+            .await
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+        ScratchDatabase {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        // A thread and runtime of its own: a destructor cannot await.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let (admin, connection) =
+                    tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                admin.batch_execute(&sql).await
+            })
+            .map_err(std::io::Error::other)
+        })
+        .join();
+    }
+}
+
 /// Calls `check` until it yields a value, or panics after `timeout` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
@@ -458,7 +500,7 @@ pub enum Trigger<'a> {
     Tags(&'a [&'a str]),
 }
 
-/// A valid build event for `namespace/repoTest` (the SPEC example) with a fresh id.
+/// A valid build event for `namespace/repoTest` (the contract's example) with a fresh id.
 pub fn event(tag: &str) -> Value {
     event_for("namespace", "repoTest", tag)
 }

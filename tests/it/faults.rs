@@ -5,7 +5,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::common::receiver::Receiver;
-use crate::common::{PG_ADMIN, SECOND, TestApp, Trigger, event, eventually, pg_connect};
+use crate::common::{
+    PG_ADMIN, SECOND, ScratchDatabase, TestApp, Trigger, event, eventually, pg_connect,
+};
 
 async fn wait_ready(app: &TestApp, ready: bool, timeout: Duration) {
     let what = if ready {
@@ -196,4 +198,64 @@ async fn a_delivery_whose_job_was_lost_is_requeued_by_the_sweeper() {
         1.0
     );
     app.teardown().await;
+}
+
+/// Replicas starting together apply each migration once, and a database that sqlx migrated
+/// before tagcast ran its own migrations is taken over as it is.
+#[tokio::test]
+async fn migrations_apply_once_and_take_over_a_database_migrated_by_sqlx() {
+    let db = ScratchDatabase::create().await;
+    let url: tagcast::redact::SecretUrl = db.url.parse().unwrap();
+    let pool = tagcast::store::connect(&url, 4).unwrap();
+    let together = (0..4).map(|_| tagcast::store::migrate(&pool));
+    for applied in futures_util::future::join_all(together).await {
+        applied.unwrap();
+    }
+    let client = pool.get().await.unwrap();
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
+        .unwrap()
+        .count() as i64;
+    assert_eq!(
+        count("SELECT count(*) FROM tagcast_migrations").await,
+        files
+    );
+
+    // As sqlx left it: its own list, and no list of tagcast's.
+    client
+        .batch_execute(
+            "CREATE TABLE _sqlx_migrations (version bigint PRIMARY KEY, description text NOT NULL,
+                 installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL);
+             INSERT INTO _sqlx_migrations (version, description, success)
+                 SELECT version, description, true FROM tagcast_migrations;
+             DROP TABLE tagcast_migrations;",
+        )
+        .await
+        .unwrap();
+    tagcast::store::migrate(&pool).await.unwrap();
+    assert_eq!(
+        count("SELECT count(*) FROM tagcast_migrations").await,
+        files
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM webhooks").await,
+        0,
+        "nothing applied twice"
+    );
+
+    // An applied migration that was edited is refused, not skipped.
+    client
+        .batch_execute("UPDATE tagcast_migrations SET checksum = '\\x00' WHERE version = (SELECT min(version) FROM tagcast_migrations)")
+        .await
+        .unwrap();
+    let refused = tagcast::store::migrate(&pool).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("changed after it was applied"),
+        "{refused}"
+    );
+    drop(client);
+    tagcast::store::close(&pool);
 }

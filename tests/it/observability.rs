@@ -5,7 +5,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use crate::common::receiver::{Receiver, Reply};
-use crate::common::{SECOND, TestApp, Trigger, event, eventually};
+use crate::common::{SECOND, ScratchDatabase, TestApp, Trigger, event, eventually};
 
 /// Drives every kind of series into existence: success, retry, failure, not triggered,
 /// an invalid event, an ignored one.
@@ -130,15 +130,13 @@ async fn every_metric_the_dashboard_queries_exists() {
     app.teardown().await;
 }
 
-#[test]
-fn json_logs_are_one_object_per_line_with_stable_fields() {
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_stable_fields() {
+    let db = ScratchDatabase::create().await;
     let out = Command::new(env!("CARGO_BIN_EXE_tagcast"))
         .arg("migrate")
         .env("TAGCAST_LOG_FORMAT", "json")
-        .env(
-            "TAGCAST_DATABASE_URL",
-            "postgres://postgres@127.0.0.1:5432/postgres",
-        )
+        .env("TAGCAST_DATABASE_URL", &db.url)
         .output()
         .unwrap();
     assert!(

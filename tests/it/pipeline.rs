@@ -7,7 +7,7 @@ use crate::common::{SECOND, TestApp, Trigger, event, eventually, pg_connect};
 use serde_json::Value;
 use uuid::Uuid;
 
-const SPEC_BODY: &str = concat!(
+const CONTRACT_BODY: &str = concat!(
     r#"{"push_data":{"digest":"sha256:457f4aa83fc9a6663ab9d1b0a6e2dce25a12a943ed5bf2c1747c58d48bbb4917","#,
     r#""pushed_at":"2016-11-29 12:25:46","tag":"latest"},"#,
     r#""repository":{"date_created":"2016-10-28 21:31:42","name":"repoTest","namespace":"namespace","#,
@@ -143,7 +143,7 @@ async fn the_notification_is_exact_and_recorded() {
     );
     assert_eq!(
         std::str::from_utf8(&request.body).unwrap(),
-        SPEC_BODY,
+        CONTRACT_BODY,
         "body byte for byte"
     );
     assert_eq!(request.header("content-type"), "application/json");
@@ -246,7 +246,7 @@ async fn the_notification_is_exact_and_recorded() {
     );
     assert_eq!(
         row.11.as_deref(),
-        Some(SPEC_BODY),
+        Some(CONTRACT_BODY),
         "request_body is exactly what was sent"
     );
     let r = app.pg.query_one("SELECT attempt, duration_ms, http_status, error, response_body FROM delivery_attempts WHERE delivery_id = $1", &[&webhook_id]).await.unwrap();
@@ -681,5 +681,48 @@ async fn no_more_events_run_at_once_than_the_concurrency_setting() {
         );
     }
     app.statuses(10, 20 * SECOND).await;
+    app.teardown().await;
+}
+
+/// The README's walk-through publishes its event with `tagcast publish`.
+#[tokio::test]
+async fn tagcast_publish_sends_an_event_that_is_delivered() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    let id = app
+        .insert_webhook("demo", &receiver.url("/demo"), Trigger::Tags(&["v1.2"]))
+        .await;
+    let exchange = app.settings.events_exchange.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tagcast"))
+            .args(["publish", "--tag", "v1.2", "--event-id", "walk-through-1"])
+            .env("TAGCAST_EVENTS_EXCHANGE", exchange)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("walk-through-1"));
+    let status = app.next_status(10 * SECOND).await;
+    assert_eq!(
+        (
+            status["webhook_id"].as_i64(),
+            status["event_id"].as_str(),
+            status["status"].as_str(),
+            status["tag"].as_str()
+        ),
+        (
+            Some(id),
+            Some("walk-through-1"),
+            Some("succeeded"),
+            Some("v1.2")
+        )
+    );
+    assert_eq!(receiver.next(SECOND).await.path_and_query, "/demo");
     app.teardown().await;
 }

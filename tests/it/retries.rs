@@ -1,4 +1,4 @@
-//! Durable retries (SPEC section 5) against a real receiver: classification, backoff,
+//! Durable retries (contract section 5) against a real receiver: classification, backoff,
 //! Retry-After, timeouts, and a retry that outlives a restart of tagcast.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! SPEC section 10 against real connections: the address guard on literal and resolved
+//! contract section 10 against real connections: the address guard on literal and resolved
 //! addresses, the allow-list, and TLS verification.
 
 use std::sync::Arc;
