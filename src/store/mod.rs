@@ -77,11 +77,16 @@ impl StoreError {
 /// by itself.
 const PERMANENT_CLASSES: [&str; 5] = ["21", "22", "23", "42", "P0"];
 
+/// Whether an error with this SQLSTATE can clear up by itself.
+fn transient_sqlstate(code: &str) -> bool {
+    !PERMANENT_CLASSES
+        .iter()
+        .any(|class| code.starts_with(class))
+}
+
 fn is_transient(e: &tokio_postgres::Error) -> bool {
     if let Some(code) = e.code() {
-        return !PERMANENT_CLASSES
-            .iter()
-            .any(|class| code.code().starts_with(class));
+        return transient_sqlstate(code.code());
     }
     // No SQLSTATE: either the connection failed (closed, or an I/O error underneath), which
     // clears up, or tagcast's own side did (a value that does not convert), which does not.
@@ -326,6 +331,28 @@ mod tests {
         ];
         for (error, transient) in cases {
             assert_eq!(error.is_transient(), transient, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn sqlstates_of_outages_are_transient_and_of_statements_are_not() {
+        let cases = [
+            ("08006", true),  // connection failure
+            ("57P01", true),  // admin shutdown (a restart)
+            ("57P03", true),  // cannot connect now (starting up)
+            ("53300", true),  // too many connections
+            ("40001", true),  // serialization failure
+            ("3D000", true),  // no such database (yet)
+            ("28P01", true),  // password authentication failed
+            ("XX000", true),  // internal error
+            ("21000", false), // cardinality: a row affected twice
+            ("22P02", false), // invalid text representation
+            ("23505", false), // unique violation
+            ("42P01", false), // undefined table
+            ("P0001", false), // raised by PL/pgSQL
+        ];
+        for (code, transient) in cases {
+            assert_eq!(transient_sqlstate(code), transient, "{code}");
         }
     }
 
