@@ -5,7 +5,7 @@
 //! Run with `scripts/chaos [--events N] [--webhooks W] [--kills K] [--sigterms S] [--no-rabbitmq] [--no-postgres]`.
 //! It restarts the local RabbitMQ and PostgreSQL: do not run it beside the test suite.
 
-#[path = "support/mod.rs"]
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::time::Duration;

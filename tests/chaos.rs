@@ -3,7 +3,6 @@
 //! run, with broker and database restarts, is `scripts/chaos`: it restarts shared services, so
 //! it cannot run beside the other tests.)
 
-#[path = "../examples/support/mod.rs"]
 mod support;
 
 use std::time::Duration;

@@ -1,13 +1,13 @@
 //! Captures every log line of a delivery whose URL, secret and broker URL carry secrets, and
 //! finds none of them. Its own test binary: it installs the process-wide log subscriber.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::receiver::Receiver;
-use common::{SECOND, TestApp, Trigger, event, test_settings};
+use support::receiver::Receiver;
+use support::{SECOND, TestApp, Trigger, event, test_settings};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

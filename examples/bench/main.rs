@@ -13,7 +13,7 @@
 //! 1,000 events per second offered; trigger evaluation per webhook; and the floor, the CPU that
 //! each part the contract asks of a delivery costs on its own (see `Floor`), with the rate it allows.
 
-#[path = "../support/mod.rs"]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 mod args;

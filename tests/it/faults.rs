@@ -4,8 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::receiver::Receiver;
-use crate::common::{
+use crate::support::receiver::Receiver;
+use crate::support::{
     PG_ADMIN, SECOND, ScratchDatabase, TestApp, Trigger, event, eventually, pg_connect,
 };
 
@@ -82,7 +82,7 @@ async fn work_waits_while_the_database_is_unreachable_and_resumes_after() {
     let receiver = Receiver::always(200).await;
     app.insert_webhook("a", &receiver.url("/"), Trigger::All)
         .await;
-    let db = crate::common::database_name(&app.settings);
+    let db = crate::support::database_name(&app.settings);
     let admin = pg_connect(PG_ADMIN).await;
     let cut = |allow: bool| {
         format!(

@@ -3,8 +3,8 @@
 //! when it ends, passed or failed. (`chaos` and `secrets_in_logs` are binaries of their own: one
 //! runs tagcast as child processes under load, the other installs the process's log subscriber.)
 
-#[path = "../common/mod.rs"]
-mod common;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod faults;
 mod observability;

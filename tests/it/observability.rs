@@ -4,8 +4,8 @@
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use crate::common::receiver::{Receiver, Reply};
-use crate::common::{SECOND, ScratchDatabase, TestApp, Trigger, event, eventually};
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::{SECOND, ScratchDatabase, TestApp, Trigger, event, eventually};
 
 /// Drives every kind of series into existence: success, retry, failure, not triggered,
 /// an invalid event, an ignored one.

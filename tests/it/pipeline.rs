@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::common::receiver::{Receiver, Reply};
-use crate::common::{SECOND, TestApp, Trigger, event, eventually, pg_connect};
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::{SECOND, TestApp, Trigger, event, eventually, pg_connect};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -656,7 +656,7 @@ async fn an_event_redelivered_five_times_hands_its_deliveries_to_jobs() {
 #[tokio::test]
 async fn no_more_events_run_at_once_than_the_concurrency_setting() {
     const HOLD: Duration = Duration::from_millis(600);
-    let mut settings = crate::common::test_settings();
+    let mut settings = crate::support::test_settings();
     settings.event_concurrency = 4; // prefetch 5
     let mut app = TestApp::spawn_with(settings).await;
     let receiver = Receiver::scripted(|_| Reply::status(200).after(HOLD)).await;

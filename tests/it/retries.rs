@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::common::receiver::{Receiver, Reply};
-use crate::common::{SECOND, TestApp, Trigger, event, test_settings};
+use crate::support::receiver::{Receiver, Reply};
+use crate::support::{SECOND, TestApp, Trigger, event, test_settings};
 
 #[tokio::test]
 async fn two_503s_then_200_make_three_requests_with_one_webhook_id() {
@@ -287,7 +287,7 @@ async fn a_delivery_is_watched_by_the_sweeper_exactly_while_it_waits_for_a_retry
     app.insert_webhook("flaky", &receiver.url("/"), Trigger::All)
         .await;
     app.publish_event(&event("latest")).await;
-    let pg = crate::common::pg_connect(app.settings.database_url.expose()).await;
+    let pg = crate::support::pg_connect(app.settings.database_url.expose()).await;
     let watched = || async {
         let r = pg
             .query_one("SELECT status, watched FROM deliveries", &[])

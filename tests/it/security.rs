@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::common::receiver::Receiver;
-use crate::common::{SECOND, TestApp, Trigger, event, test_settings};
+use crate::support::receiver::Receiver;
+use crate::support::{SECOND, TestApp, Trigger, event, test_settings};
 
 #[tokio::test]
 async fn private_targets_are_blocked_by_default() {

@@ -1,6 +1,6 @@
-//! Shared by the chaos run, the benchmark and the reduced chaos test: a counting HTTP receiver,
-//! tagcast as a child process, and an isolated environment (database, prefix, exchanges).
-#![allow(dead_code)]
+//! Load against tagcast as a child process, for the chaos run, the benchmark and the reduced
+//! chaos test: a counting HTTP receiver, an isolated environment (database, prefix, exchanges), a
+//! publisher of build events, and the chaos run itself.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -21,8 +21,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use super::{AMQP, create_database, remove_environment};
 
 /// What the receiver saw: every `webhook-id` with how often it came, and arrival latencies
 /// (from the event's `occurred_at`, carried in the body's `pushed_at` is only to the second,
@@ -108,15 +107,6 @@ fn sent_at_us(body: &[u8]) -> Option<i64> {
     text[start..end].parse().ok()
 }
 
-/// A connection to the `postgres` database, for creating and dropping others.
-pub async fn admin() -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL is not running");
-    tokio::spawn(connection);
-    client
-}
-
 /// An isolated environment: its own database, queue prefix and exchanges.
 pub struct Env {
     pub prefix: String,
@@ -130,11 +120,7 @@ impl Env {
     pub async fn create(label: &str) -> Env {
         let prefix = format!("{label}{}", &Uuid::new_v4().simple().to_string()[..8]);
         let database = format!("tagcast_{prefix}");
-        admin()
-            .await
-            .batch_execute(&format!("CREATE DATABASE \"{database}\""))
-            .await
-            .unwrap();
+        create_database(&database).await;
         let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
         let pg = tagcast::store::connect(&url.parse().unwrap(), 4).unwrap();
         tagcast::store::migrate(&pg).await.unwrap();
@@ -258,33 +244,13 @@ impl Env {
     /// Drops the database and every queue and exchange of the environment.
     pub async fn destroy(self) {
         tagcast::store::close(&self.pg);
-        if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
-            && let Ok(ch) = conn.create_channel().await
-        {
-            let topology = tagcast::amqp::Topology {
-                prefix: self.prefix.clone(),
-                events_exchange: self.events_exchange(),
-                status_exchange: self.status_exchange(),
-            };
-            for q in topology.queues().into_iter().chain([self.status_queue()]) {
-                let _ = ch
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for x in [self.events_exchange(), self.status_exchange()] {
-                let _ = ch
-                    .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
-            let _ = conn.close(200, "bye".into()).await;
-        }
-        let _ = admin()
-            .await
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.database
-            ))
-            .await;
+        remove_environment(
+            &self.prefix,
+            [&self.events_exchange(), &self.status_exchange()],
+            &[self.status_queue()],
+            &self.database,
+        )
+        .await;
     }
 }
 
@@ -399,18 +365,16 @@ impl EventPublisher {
     }
 }
 
-/// A build event for `chaos/repo`; its tag carries the send time in microseconds.
+/// A build event for `chaos/repo`, as `tagcast publish` makes it; its tag carries the send time
+/// in microseconds.
 pub fn event_body(event_id: &str) -> Vec<u8> {
-    let tag = format!("t{}", Utc::now().timestamp_micros());
-    serde_json::to_vec(&serde_json::json!({
-        "event_id": event_id,
-        "type": "build.completed",
-        "occurred_at": Utc::now().to_rfc3339(),
-        "repository": {"namespace": "chaos", "name": "repo", "region": "local", "date_created": "2016-10-28T21:31:42+08:00",
-                       "repo_authentication_type": "NO_CERTIFIED", "repo_origin_type": "NO_CERTIFIED", "repo_type": "PUBLIC"},
-        "image": {"tag": tag, "digest": "sha256:457f4aa83fc9a6663ab9d1b0a6e2dce25a12a943ed5bf2c1747c58d48bbb4917"}
-    }))
-    .unwrap()
+    tagcast::publish::Sample {
+        namespace: "chaos".into(),
+        repository: "repo".into(),
+        tag: format!("t{}", Utc::now().timestamp_micros()),
+        event_id: None,
+    }
+    .body(event_id)
 }
 
 /// A running tagcast child process.

@@ -1,10 +1,6 @@
-//! Test harness: each test gets its own database, queue prefix and exchanges on the real
-//! PostgreSQL and RabbitMQ, a running tagcast, and helpers to act and observe. What a test
-//! made is removed when its `TestApp` is dropped, passed or failed.
-//! Set TEST_LOG=debug (or any filter) to see tagcast's logs.
-#![allow(dead_code)]
-
-pub mod receiver;
+//! A running tagcast inside the test process, on a database, queue prefix and exchanges of its
+//! own, with helpers to act and observe; what it made is removed when it is dropped, passed or
+//! failed. Set TEST_LOG=debug (or any filter) to see tagcast's logs.
 
 use std::net::SocketAddr;
 use std::sync::Once;
@@ -20,8 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use super::{AMQP, eventually, pg_connect, remove_environment};
 
 static LOGS: Once = Once::new();
 
@@ -63,73 +58,6 @@ pub fn test_settings() -> Settings {
 pub fn database_name(settings: &Settings) -> String {
     let url = settings.database_url.expose();
     url.rsplit('/').next().unwrap_or(url).to_owned()
-}
-
-/// A connection of its own to `url`, driven by a task of its own.
-pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL is not running");
-    tokio::spawn(connection);
-    client
-}
-
-/// A database of its own, for a test that runs tagcast's commands without a `TestApp`; dropped
-/// with the guard.
-pub struct ScratchDatabase {
-    pub url: String,
-    name: String,
-}
-
-impl ScratchDatabase {
-    pub async fn create() -> ScratchDatabase {
-        let name = format!("tagcast_s{}", &Uuid::new_v4().simple().to_string()[..12]);
-        pg_connect(PG_ADMIN)
-            .await
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .unwrap();
-        ScratchDatabase {
-            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for ScratchDatabase {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        // A thread and runtime of its own: a destructor cannot await.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let (admin, connection) =
-                    tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await?;
-                tokio::spawn(connection);
-                admin.batch_execute(&sql).await
-            })
-            .map_err(std::io::Error::other)
-        })
-        .join();
-    }
-}
-
-/// Calls `check` until it yields a value, or panics after `timeout` naming `what`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// A running tagcast and everything a test needs around it.
@@ -185,38 +113,6 @@ impl Drop for TestApp {
     }
 }
 
-/// Deletes a test's queues, exchanges and database.
-async fn remove(settings: &Settings) {
-    let topology = tagcast::amqp::Topology {
-        prefix: settings.queue_prefix.clone(),
-        events_exchange: settings.events_exchange.clone(),
-        status_exchange: settings.status_exchange.clone(),
-    };
-    if let Ok(amqp) = Connection::connect(AMQP, ConnectionProperties::default()).await {
-        if let Ok(channel) = amqp.create_channel().await {
-            for queue in topology.queues() {
-                let _ = channel
-                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            for exchange in [&settings.events_exchange, &settings.status_exchange] {
-                let _ = channel
-                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-            }
-        }
-        let _ = amqp.close(200, "bye".into()).await;
-    }
-    let db = database_name(settings);
-    if let Ok((admin, connection)) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
-    {
-        tokio::spawn(connection);
-        let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-            .await;
-    }
-}
-
 impl TestApp {
     pub async fn spawn() -> TestApp {
         TestApp::spawn_with(test_settings()).await
@@ -225,21 +121,7 @@ impl TestApp {
     pub async fn spawn_with(settings: Settings) -> TestApp {
         init_logs();
         let db = database_name(&settings);
-        let admin = pg_connect(PG_ADMIN).await;
-        let exists: bool = admin
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
-                &[&db],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if !exists {
-            admin
-                .batch_execute(&format!("CREATE DATABASE \"{db}\""))
-                .await
-                .unwrap();
-        }
+        super::create_database(&db).await;
         let amqp = Connection::connect(AMQP, ConnectionProperties::default())
             .await
             .expect("RabbitMQ is not running");
@@ -527,3 +409,14 @@ pub fn event_for(namespace: &str, repository: &str, tag: &str) -> Value {
 }
 
 pub const SECOND: Duration = Duration::from_secs(1);
+
+/// Deletes a test's queues, exchanges and database.
+async fn remove(settings: &Settings) {
+    remove_environment(
+        &settings.queue_prefix,
+        [&settings.events_exchange, &settings.status_exchange],
+        &[],
+        &database_name(settings),
+    )
+    .await;
+}
