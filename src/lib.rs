@@ -5,7 +5,7 @@
 //! Dependencies point one way, each layer importing only those above it:
 //!
 //! - **Leaves**, pure or nearly: [`model`] (a delivery's status and record, its id),
-//!   [`redact`], [`events`], [`trigger`], [`payload`], [`status`], [`retry`], [`guard`],
+//!   [`redact`], [`backoff`], [`events`], [`trigger`], [`payload`], [`status`], [`retry`], [`guard`],
 //!   [`gate`], [`metrics`], [`health`], and [`config`] (the settings, read by `app` alone).
 //! - **I/O**: [`store`] (all SQL), [`amqp`] (topology, publisher, connection, acknowledgements,
 //!   queue depths), [`client`] (the webhook HTTP client), [`http`] (metrics and health).
@@ -39,6 +39,7 @@
 
 pub mod amqp;
 pub mod app;
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod consumer;

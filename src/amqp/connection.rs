@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder as _, ExponentialBuilder};
 use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::watch;
@@ -13,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::acks::prefetch;
 use super::{AmqpError, Publisher, Topology};
+use crate::backoff::Waits;
 use crate::health::Flag;
 use crate::metrics::Metrics;
 use crate::redact::SecretUrl;
@@ -82,21 +82,15 @@ impl Broker {
         S: Fn(Channels) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let backoff = || {
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(5))
-                .without_max_times()
-                .build()
-        };
-        let mut delays = backoff();
+        let backoff = || Waits::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut waits = backoff();
         loop {
             if stop.is_cancelled() {
                 return None;
             }
             match self.connect().await {
                 Ok((connection, channels)) => {
-                    delays = backoff();
+                    waits = backoff();
                     metrics.broker_connections.inc();
                     health.up();
                     tracing::info!(amqp = %self.url, "connected to RabbitMQ");
@@ -115,11 +109,9 @@ impl Broker {
                     tracing::debug!(amqp = %self.url, error = %e, "cannot connect to RabbitMQ; retrying");
                 }
             }
-            // Never exhausted: built without a limit.
-            let delay = delays.next().unwrap_or(Duration::from_secs(5));
             tokio::select! {
                 () = stop.cancelled() => return None,
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep(waits.next_delay()) => {}
             }
         }
     }

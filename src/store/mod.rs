@@ -10,7 +10,6 @@ mod webhooks;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder as _, ExponentialBuilder};
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +22,7 @@ pub use deliveries::{
 pub use migrate::migrate;
 pub use webhooks::{Rule, Unusable, Webhook, WebhookCache};
 
+use crate::backoff::Waits;
 use crate::redact::SecretUrl;
 
 #[derive(Debug, thiserror::Error)]
@@ -166,17 +166,13 @@ pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
 
 /// Waits for PostgreSQL, then applies pending migrations.
 pub async fn migrate_when_reachable(pool: &Pool) -> Result<(), StoreError> {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(5))
-        .without_max_times()
-        .build();
+    let mut waits = Waits::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         match ping(pool).await {
             Ok(()) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "waiting for PostgreSQL");
-                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+                tokio::time::sleep(waits.next_delay()).await;
             }
         }
     }
@@ -262,7 +258,7 @@ impl Recorder {
 /// Longest a database operation may take before it is tried again.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(45);
 
-/// Runs `op` until it succeeds, repeating it with backoff (50 ms doubling to 2 s) while the
+/// Runs `op` until it succeeds, repeating it with backoff (50 ms doubling to 2 s, see [`Waits`]) while the
 /// error is transient: during a database outage the work waits here, unacknowledged, instead
 /// of cycling through the broker. Gives up with `Cancelled` on shutdown.
 pub async fn with_retries<T, F, Fut>(
@@ -274,11 +270,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .without_max_times()
-        .build();
+    let mut waits = Waits::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         // A connection can die without a word: past this, the operation counts as failed.
         let outcome = tokio::time::timeout(OPERATION_TIMEOUT, op())
@@ -287,10 +279,9 @@ where
         match outcome {
             Err(e) if e.is_transient() => {
                 on_retry(&e);
-                let delay = delays.next().unwrap_or(Duration::from_secs(2));
                 tokio::select! {
                     () = cancel.cancelled() => return Err(StoreError::Cancelled),
-                    () = tokio::time::sleep(delay) => {}
+                    () = tokio::time::sleep(waits.next_delay()) => {}
                 }
             }
             other => return other,

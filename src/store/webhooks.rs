@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use backon::{BackoffBuilder as _, ExponentialBuilder};
 use futures_util::StreamExt as _;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::{Pool, StoreError};
+use crate::backoff::Waits;
 use crate::metrics::Metrics;
 use crate::payload::{self, SignatureError};
 use crate::redact::redact_url;
@@ -175,18 +175,12 @@ impl WebhookCache {
     /// Listens for changes until cancelled, reconnecting with backoff. While not connected the
     /// cache is bypassed, so a change is never missed, only the saving is.
     pub async fn listen(self, metrics: Metrics, cancel: CancellationToken) {
-        let backoff = || {
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(5))
-                .without_max_times()
-                .build()
-        };
-        let mut delays = backoff();
+        let backoff = || Waits::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut waits = backoff();
         while !cancel.is_cancelled() {
             match self.subscribe().await {
                 Ok((client, mut notifications)) => {
-                    delays = backoff();
+                    waits = backoff();
                     // Whatever changed while nobody listened is unknown: start from empty.
                     self.invalidate(&metrics);
                     self.inner.listening.store(true, Ordering::Release);
@@ -210,10 +204,9 @@ impl WebhookCache {
                     tracing::debug!(error = %e, "webhook change listener cannot connect; reading webhooks uncached");
                 }
             }
-            let delay = delays.next().unwrap_or(Duration::from_secs(5));
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep(waits.next_delay()) => {}
             }
         }
     }
