@@ -169,8 +169,11 @@ impl Settings {
     }
 }
 
-fn duration(text: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(text)
+/// A duration setting; the error says what one looks like, not only where parsing stopped.
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| {
+        format!("{e}: write a duration as a number and a unit, like 500ms, 5s, 1m or 1h")
+    })
 }
 
 #[cfg(test)]
@@ -219,6 +222,16 @@ mod tests {
         assert!(
             err.to_string().contains("TAGCAST_RETRY_MAX_ATTEMPTS"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_duration_says_what_a_duration_looks_like() {
+        let err = Cli::try_parse_from(["tagcast", "run", "--http-timeout", "soon"]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("TAGCAST_HTTP_TIMEOUT") && text.contains("like 500ms, 5s"),
+            "{text}"
         );
     }
 

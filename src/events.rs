@@ -50,8 +50,12 @@ pub enum Decoded {
 pub enum EventError {
     #[error("message is {0} bytes, more than the 64 KiB limit")]
     TooLarge(usize),
-    #[error("not a valid event: {0}")]
-    Json(String),
+    /// The bytes are not JSON at all (or stop short).
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    /// JSON, but not of the event's shape: a field missing or of the wrong type.
+    #[error("JSON, but not a build event: {0}")]
+    Shape(String),
     #[error("event_id must be 1 to 128 characters, got {0}")]
     EventId(usize),
     #[error("{field} is not an RFC 3339 timestamp with an offset")]
@@ -100,8 +104,12 @@ pub fn decode(body: &[u8]) -> Result<Decoded, EventError> {
         return Err(EventError::TooLarge(body.len()));
     }
     // serde_json refuses nesting deeper than 128 levels, so hostile depth is an error, not a crash.
-    let wire: Wire<'_> =
-        serde_json::from_slice(body).map_err(|e| EventError::Json(e.to_string()))?;
+    let wire: Wire<'_> = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => EventError::Shape(e.to_string()),
+        serde_json::error::Category::Io
+        | serde_json::error::Category::Syntax
+        | serde_json::error::Category::Eof => EventError::NotJson(e.to_string()),
+    })?;
     if wire.event_type != BUILD_COMPLETED {
         return Ok(Decoded::Ignored {
             event_type: wire.event_type.into_owned(),
@@ -266,27 +274,30 @@ pub(crate) mod tests {
         type Case = (&'static str, Vec<u8>, fn(&EventError) -> bool);
         let cases: Vec<Case> = vec![
             ("not json", b"{not json".to_vec(), |e| {
-                matches!(e, EventError::Json(_))
+                matches!(e, EventError::NotJson(_)) && e.to_string().starts_with("not JSON: ")
             }),
-            ("empty", Vec::new(), |e| matches!(e, EventError::Json(_))),
+            ("empty", Vec::new(), |e| matches!(e, EventError::NotJson(_))),
+            ("cut short", b"{\"event_id\": \"a".to_vec(), |e| {
+                matches!(e, EventError::NotJson(_))
+            }),
             ("array", b"[]".to_vec(), |e| {
-                matches!(e, EventError::Json(_))
+                matches!(e, EventError::Shape(_))
             }),
             (
                 "missing event_id",
                 without("", "event_id"),
-                |e| matches!(e, EventError::Json(m) if m.contains("event_id")),
+                |e| matches!(e, EventError::Shape(m) if m.contains("event_id")),
             ),
             (
                 "missing tag",
                 without("/image", "tag"),
-                |e| matches!(e, EventError::Json(m) if m.contains("tag")),
+                |e| matches!(e, EventError::Shape(m) if m.contains("tag")),
             ),
             ("missing region", without("/repository", "region"), |e| {
-                matches!(e, EventError::Json(_))
+                matches!(e, EventError::Shape(_))
             }),
             ("tag is a number", with("/image/tag", 5.into()), |e| {
-                matches!(e, EventError::Json(_))
+                matches!(e, EventError::Shape(_))
             }),
             ("event_id empty", with("/event_id", "".into()), |e| {
                 *e == EventError::EventId(0)
@@ -362,7 +373,10 @@ pub(crate) mod tests {
         assert_eq!(decode(&big), Err(EventError::TooLarge(MAX_EVENT_BYTES + 1)));
 
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert!(matches!(decode(deep.as_bytes()), Err(EventError::Json(_))));
+        assert!(matches!(
+            decode(deep.as_bytes()),
+            Err(EventError::NotJson(_) | EventError::Shape(_))
+        ));
     }
 
     #[test]

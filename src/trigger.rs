@@ -66,12 +66,11 @@ impl Trigger {
                 if expression.chars().count() > MAX_EXPRESSION_CHARS {
                     return Err(TriggerError::ExpressionTooLong);
                 }
-                RegexBuilder::new(&format!("^(?:{expression})$"))
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .dfa_size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                    .map(Trigger::Expression)
-                    .map_err(|e| TriggerError::InvalidExpression(one_line(&e.to_string())))
+                // On its own first: an error then shows the user's text, not the anchored
+                // wrapper, and an expression that only compiles inside the wrapper (`a)|(b`
+                // becomes `^(?:a)|(b)$`, which no longer anchors the whole tag) is refused.
+                compile(expression)?;
+                compile(&format!("^(?:{expression})$")).map(Trigger::Expression)
             }
             "tags" => {
                 let tags = tags.unwrap_or_default();
@@ -99,6 +98,14 @@ impl Trigger {
             Trigger::Tags(tags) => tags.iter().any(|t| t == tag),
         }
     }
+}
+
+fn compile(pattern: &str) -> Result<Regex, TriggerError> {
+    RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| TriggerError::InvalidExpression(one_line(&e.to_string())))
 }
 
 /// regex's errors span several lines with a caret diagram; an access record wants one line.
@@ -175,8 +182,16 @@ mod tests {
                 "expression",
                 Some("release-(v"),
                 None,
-                |e| matches!(e, TriggerError::InvalidExpression(m) if !m.contains('\n')),
+                // One line, naming the expression as the user wrote it.
+                |e| {
+                    matches!(e, TriggerError::InvalidExpression(m)
+                        if !m.contains('\n') && m.contains("release-(v") && !m.contains("^(?:"))
+                },
             ),
+            // Valid only inside the anchoring wrapper, where it would escape it.
+            ("expression", Some("a)|(b"), None, |e| {
+                matches!(e, TriggerError::InvalidExpression(_))
+            }),
             ("expression", None, None, |e| {
                 *e == TriggerError::MissingExpression
             }),
