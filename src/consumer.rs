@@ -53,6 +53,23 @@ impl Done {
     }
 }
 
+/// What a stage did with a message, and the span that names it (the event's or delivery's id),
+/// in which the consumer logs how it settled.
+pub struct Handled {
+    pub span: tracing::Span,
+    pub outcome: Result<Done, StageError>,
+}
+
+impl Handled {
+    /// For a message that was refused before it could be named.
+    pub fn unnamed(outcome: Result<Done, StageError>) -> Handled {
+        Handled {
+            span: tracing::Span::none(),
+            outcome,
+        }
+    }
+}
+
 /// Why a message could not be handled to the end.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -119,7 +136,7 @@ pub async fn consume<F, Fut>(
     handler: F,
 ) where
     F: Fn(Publisher, Inbound) -> Fut,
-    Fut: Future<Output = Result<Done, StageError>> + Send + 'static,
+    Fut: Future<Output = Handled> + Send + 'static,
 {
     let Lane {
         stage,
@@ -177,13 +194,6 @@ pub async fn consume<F, Fut>(
             body: delivery.data,
             redeliveries,
         };
-        // The stage records the message's id (event or delivery) here, so that what is logged
-        // below names it.
-        let span = tracing::info_span!(
-            "message",
-            queue = stage.as_str(),
-            id = tracing::field::Empty
-        );
         let task = handler(publisher.clone(), inbound);
         let (window, running, stop, metrics) = (
             window.clone(),
@@ -191,30 +201,32 @@ pub async fn consume<F, Fut>(
             stop.clone(),
             metrics.clone(),
         );
-        work.spawn(
-            async move {
-                // Its turn comes when fewer than `concurrency` run (the prefetch holds a few
-                // more). Waiting here, not in the loop, keeps the loop on the consumer, so a
-                // closed channel is seen at once. Stopped before its turn, it is left unsettled
-                // for the broker to return.
-                let permit = tokio::select! {
-                    () = stop.cancelled() => return,
-                    permit = running.acquire_owned() => permit,
-                };
-                let Ok(_permit) = permit else { return };
-                // A panic must not strand the message unacknowledged: return it, so the
-                // delivery limit can take it out of circulation if it keeps happening.
-                let settle = match std::panic::AssertUnwindSafe(task).catch_unwind().await {
-                    Ok(outcome) => decide(stage, &metrics, outcome).await,
-                    Err(_) => {
-                        tracing::error!("message handler panicked; message returned to the queue");
-                        Settle::Requeue
-                    }
-                };
-                apply(acker, tag, &window, settle).await;
-            }
-            .instrument(span),
-        );
+        work.spawn(async move {
+            // Its turn comes when fewer than `concurrency` run (the prefetch holds a few
+            // more). Waiting here, not in the loop, keeps the loop on the consumer, so a
+            // closed channel is seen at once. Stopped before its turn, it is left unsettled
+            // for the broker to return.
+            let permit = tokio::select! {
+                () = stop.cancelled() => return,
+                permit = running.acquire_owned() => permit,
+            };
+            let Ok(_permit) = permit else { return };
+            // A panic must not strand the message unacknowledged: return it, so the
+            // delivery limit can take it out of circulation if it keeps happening.
+            let settle = match std::panic::AssertUnwindSafe(task).catch_unwind().await {
+                Ok(Handled { span, outcome }) => {
+                    decide(stage, &metrics, outcome).instrument(span).await
+                }
+                Err(_) => {
+                    tracing::error!(
+                        queue = stage.as_str(),
+                        "message handler panicked; message returned to the queue"
+                    );
+                    Settle::Requeue
+                }
+            };
+            apply(acker, tag, &window, settle).await;
+        });
     }
 }
 

@@ -30,9 +30,10 @@
 //! a delay queue, from which it expires back into `<prefix>.deliveries` when due. No wait is ever
 //! held in tagcast.
 //!
-//! A stage returns `Result<Done, StageError>`; the consumer waits for the broker's confirms of
-//! everything the stage published, then acknowledges, coalescing runs of finished messages into
-//! one `basic.ack` ([`amqp::acks`]), or rejects or requeues.
+//! A stage answers with its outcome, `Result<Done, StageError>`, and the span that names the
+//! message ([`consumer::Handled`]); the consumer waits for the broker's confirms of everything
+//! the stage published, then acknowledges, coalescing runs of finished messages into one
+//! `basic.ack` ([`amqp::acks`]), or rejects or requeues, logging a failure once, in that span.
 //!
 //! Under it all, [`sweeper`] re-queues any unfinished delivery whose job went missing: the
 //! database, not the broker, is the record of what is left to do.

@@ -71,23 +71,6 @@ async fn no_secret_reaches_the_logs() {
         logs.contains("guest:REDACTED@"),
         "the broker URL was logged, redacted"
     );
-    // Each outcome is one line at info, naming the webhook and its URL (redacted).
-    let line = |words: &[&str]| {
-        logs.lines()
-            .any(|l| l.contains(" INFO ") && words.iter().all(|w| l.contains(w)))
-    };
-    assert!(
-        line(&["delivered", "webhook=ok", "/hook?REDACTED", "http_status=200", "event_id="]),
-        "the success was logged:\n{logs}"
-    );
-    assert!(
-        line(&["retry scheduled", "webhook=failing", "http_status=500", "delay="]),
-        "the retry was logged with its delay:\n{logs}"
-    );
-    assert!(
-        line(&["failed", "webhook=failing", "attempt=2", "http_status=500"]),
-        "the final failure was logged:\n{logs}"
-    );
     for secret in [
         query_secret,
         webhook_secret,

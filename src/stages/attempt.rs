@@ -91,22 +91,6 @@ pub async fn attempt(
         AttemptRecorded::Before => return Err(StageError::AlreadyRecorded),
     }
 
-    // One line per outcome, for a person watching: which event, which webhook, what happened.
-    // Only a delivery's last attempt and its scheduled retries are logged, never each request.
-    // The fields are computed only when info is enabled.
-    macro_rules! outcome {
-        ($($fields:tt)*) => {
-            tracing::info!(
-                event_id = %record.event_id,
-                delivery_id = %record.id,
-                webhook = %record.webhook_name,
-                url = %redact_url(target.url),
-                attempt = n,
-                $($fields)*
-            )
-        };
-    }
-    let error = new.error.map(|e| e.as_str());
     match status {
         DeliveryStatus::Succeeded => {
             ctx.metrics.completed(Completed::Succeeded);
@@ -114,17 +98,9 @@ pub async fn attempt(
             ctx.metrics
                 .event_to_delivery
                 .observe(since.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
-            outcome!(http_status, duration = ?new.duration, "delivered");
         }
-        DeliveryStatus::Failed => {
-            ctx.metrics.completed(Completed::Failed);
-            outcome!(http_status, error, "failed");
-        }
-        DeliveryStatus::Retrying => {
-            ctx.metrics.retries_scheduled.inc();
-            let delay = next_attempt_at.map(|at| (at - Utc::now()).to_std().unwrap_or_default());
-            outcome!(http_status, error, delay = ?delay, "retry scheduled");
-        }
+        DeliveryStatus::Failed => ctx.metrics.completed(Completed::Failed),
+        DeliveryStatus::Retrying => ctx.metrics.retries_scheduled.inc(),
         DeliveryStatus::Pending | DeliveryStatus::NotTriggered => {}
     }
     record.status = status;

@@ -9,11 +9,12 @@ use std::time::Instant;
 
 use chrono::Utc;
 use futures_util::future::join_all;
+use tracing::Instrument as _;
 
 use super::Context;
 use super::attempt::{Target, attempt, publish_status};
 use crate::amqp::{Job, Publisher};
-use crate::consumer::{Done, Inbound, POISON_WARNING, StageError};
+use crate::consumer::{Done, Handled, Inbound, POISON_WARNING, StageError};
 use crate::events::{self, BuildEvent, Decoded};
 use crate::gate::Pass;
 use crate::metrics::{Completed, EventResult, FirstAttempt};
@@ -22,29 +23,28 @@ use crate::payload;
 use crate::store::{Decision, EventDecisions, Recorded, Rule, Webhook};
 
 /// Handles one message of the events queue.
-pub async fn handle(
-    ctx: Arc<Context>,
-    publisher: Publisher,
-    message: Inbound,
-) -> Result<Done, StageError> {
+pub async fn handle(ctx: Arc<Context>, publisher: Publisher, message: Inbound) -> Handled {
     let event = match events::decode(&message.body) {
         Ok(Decoded::Build(event)) => event,
         Ok(Decoded::Ignored { event_type }) => {
             ctx.metrics.event(EventResult::Ignored);
             tracing::info!(event_type = %event_type.escape_debug(), "event of another type ignored");
-            return Ok(Done::default());
+            return Handled::unnamed(Ok(Done::default()));
         }
         Err(reason) => {
             ctx.metrics.event(EventResult::Invalid);
-            return Err(reason.into());
+            return Handled::unnamed(Err(reason.into()));
         }
     };
     ctx.metrics.event(EventResult::Accepted);
-    tracing::Span::current().record("id", event.event_id.as_str());
+    let span = tracing::info_span!("event", event_id = %event.event_id);
     // An inline delivery is left to its event's next redelivery if this worker dies; an event
     // near the delivery limit may have none, so its deliveries go to jobs the sweeper watches.
     let inline = message.redeliveries < POISON_WARNING;
-    fan_out(&ctx, &publisher, event, inline).await
+    let outcome = fan_out(&ctx, &publisher, event, inline)
+        .instrument(span.clone())
+        .await;
+    Handled { span, outcome }
 }
 
 /// What the event stage does with one recorded delivery.

@@ -5,22 +5,28 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use tracing::Instrument as _;
 
 use super::Context;
 use super::attempt::{Target, attempt, next_job, publish_status};
 use crate::amqp::{Job, Publisher};
-use crate::consumer::{Done, Inbound, StageError};
+use crate::consumer::{Done, Handled, Inbound, StageError};
 use crate::model::{DeliveryRecord, DeliveryStatus};
 use crate::store::{self, Claim};
 
 /// Handles one message of the delivery queue.
-pub async fn handle(
-    ctx: Arc<Context>,
-    publisher: Publisher,
-    message: Inbound,
-) -> Result<Done, StageError> {
-    let job: Job = serde_json::from_slice(&message.body).map_err(StageError::MalformedJob)?;
-    tracing::Span::current().record("id", tracing::field::display(job.delivery_id));
+pub async fn handle(ctx: Arc<Context>, publisher: Publisher, message: Inbound) -> Handled {
+    let job: Job = match serde_json::from_slice(&message.body) {
+        Ok(job) => job,
+        Err(e) => return Handled::unnamed(Err(StageError::MalformedJob(e))),
+    };
+    let span =
+        tracing::info_span!("delivery", delivery_id = %job.delivery_id, attempt = job.attempt);
+    let outcome = run(&ctx, &publisher, job).instrument(span.clone()).await;
+    Handled { span, outcome }
+}
+
+async fn run(ctx: &Context, publisher: &Publisher, job: Job) -> Result<Done, StageError> {
     let now = Utc::now();
     if job.not_before > now {
         // Still waiting: on to the next delay step.
@@ -37,8 +43,8 @@ pub async fn handle(
                 body: claimed.request_body.as_deref().unwrap_or_default(),
             };
             attempt(
-                &ctx,
-                &publisher,
+                ctx,
+                publisher,
                 claimed.record.clone(),
                 target,
                 job.attempt,
@@ -51,7 +57,7 @@ pub async fn handle(
             Ok(Done::default())
         }
         Next::Republish { record, then_job } => {
-            let mut done = publish_status(&publisher, &record).await?;
+            let mut done = publish_status(publisher, &record).await?;
             if let Some(next) = then_job {
                 done.push(publisher.job(&next, now).await?);
             }

@@ -273,7 +273,9 @@ where
     let mut waits = Waits::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         // A connection can die without a word: past this, the operation counts as failed.
-        let outcome = tokio::time::timeout(OPERATION_TIMEOUT, op())
+        // Boxed: a database operation's future (pool checkout, statement, rows) is several KiB,
+        // and unboxed it would make every stage's future, one per message in flight, that large.
+        let outcome = tokio::time::timeout(OPERATION_TIMEOUT, Box::pin(op()))
             .await
             .unwrap_or(Err(StoreError::Timeout(OPERATION_TIMEOUT)));
         match outcome {
