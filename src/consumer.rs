@@ -240,23 +240,33 @@ async fn decide(stage: Stage, metrics: &Metrics, outcome: Result<Done, StageErro
         },
         Err(e) => e,
     };
-    match error {
+    let settle = settlement(&error);
+    match &error {
         StageError::InvalidInput(_) | StageError::MalformedJob(_) => {
             metrics.dead_lettered(stage);
             tracing::warn!(error = %error, "dead-lettered");
-            Settle::DeadLetter
         }
         StageError::Store(e) => {
             tracing::error!(error = %e, "database failed; message will be redelivered");
-            Settle::Requeue
         }
         StageError::Broker(e) => {
             metrics.status_publish_failures.inc();
             tracing::warn!(error = %e, "publish failed; message will be redelivered");
-            Settle::Requeue
         }
         StageError::AlreadyRecorded => {
             tracing::info!("attempt already recorded; the redelivery finishes it from the record");
+        }
+        StageError::Stopping => {}
+    }
+    settle
+}
+
+/// What a failure means for its message: input that can never be processed is dead-lettered;
+/// what may succeed another time comes again; shutting down leaves it for the broker to return.
+fn settlement(error: &StageError) -> Settle {
+    match error {
+        StageError::InvalidInput(_) | StageError::MalformedJob(_) => Settle::DeadLetter,
+        StageError::Store(_) | StageError::Broker(_) | StageError::AlreadyRecorded => {
             Settle::Requeue
         }
         StageError::Stopping => Settle::Abandon,
@@ -298,5 +308,37 @@ async fn apply(acker: Acker, tag: u64, window: &AckWindow, settle: Settle) {
         Ok(_) => window.settled(tag),
         // The channel is gone: the broker returns the message to its queue by itself.
         Err(e) => tracing::warn!(error = %e, ?settle, "could not settle message"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_settles_its_message_one_way() {
+        let malformed = serde_json::from_slice::<u8>(b"x").unwrap_err();
+        let cases = [
+            (
+                StageError::InvalidInput(EventError::Tag),
+                Settle::DeadLetter,
+            ),
+            (StageError::MalformedJob(malformed), Settle::DeadLetter),
+            (
+                StageError::Store(StoreError::Data {
+                    column: "status",
+                    value: "done".into(),
+                }),
+                Settle::Requeue,
+            ),
+            (StageError::Broker(AmqpError::Nacked), Settle::Requeue),
+            (StageError::AlreadyRecorded, Settle::Requeue),
+            (StageError::Stopping, Settle::Abandon),
+            // Shutdown while the database was away: left for the broker, not requeued.
+            (StageError::from(StoreError::Cancelled), Settle::Abandon),
+        ];
+        for (error, settle) in cases {
+            assert_eq!(settlement(&error), settle, "{error:?}");
+        }
     }
 }
