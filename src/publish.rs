@@ -1,7 +1,7 @@
 //! `tagcast publish`: one `build.completed` event, as a registry would send it, for trying tagcast
 //! out and for checking a deployment end to end without writing AMQP by hand.
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
@@ -26,15 +26,21 @@ pub struct Sample {
     /// The event's id; a new UUID when not given (the same id twice is one event, delivered once).
     #[arg(long)]
     pub event_id: Option<String>,
+    /// When the build completed, RFC 3339 with an offset; now when not given.
+    #[arg(long)]
+    pub occurred_at: Option<DateTime<FixedOffset>>,
 }
 
 impl Sample {
-    /// The event's JSON: the example of the contract, for this repository and tag, now.
+    /// The event's JSON: the example of the contract, for this repository, tag and time.
     pub fn body(&self, event_id: &str) -> Vec<u8> {
         let event = json!({
             "event_id": event_id,
             "type": BUILD_COMPLETED,
-            "occurred_at": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, false),
+            "occurred_at": self
+                .occurred_at
+                .unwrap_or_else(|| Utc::now().fixed_offset())
+                .to_rfc3339_opts(SecondsFormat::Secs, false),
             "repository": {
                 "namespace": self.namespace,
                 "name": self.repository,
@@ -120,6 +126,7 @@ mod tests {
             repository: "repo".into(),
             tag: "v1.2".into(),
             event_id: None,
+            occurred_at: Some("2016-11-29T12:25:46+08:00".parse().unwrap()),
         };
         match crate::events::decode(&sample.body("e-1")) {
             Ok(crate::events::Decoded::Build(event)) => {
@@ -132,6 +139,7 @@ mod tests {
                     ),
                     ("e-1", "ns", "repo", "v1.2")
                 );
+                assert_eq!(event.occurred_at.to_rfc3339(), "2016-11-29T12:25:46+08:00");
             }
             other => panic!("not a build event: {other:?}"),
         }

@@ -229,8 +229,8 @@ async fn migrations_apply_once_and_take_over_a_database_migrated_by_sqlx() {
         .batch_execute(
             "CREATE TABLE _sqlx_migrations (version bigint PRIMARY KEY, description text NOT NULL,
                  installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL);
-             INSERT INTO _sqlx_migrations (version, description, success)
-                 SELECT version, description, true FROM tagcast_migrations;
+             INSERT INTO _sqlx_migrations (version, description, installed_on, success)
+                 SELECT version, description, '2001-01-01', true FROM tagcast_migrations;
              DROP TABLE tagcast_migrations;",
         )
         .await
@@ -240,9 +240,15 @@ async fn migrations_apply_once_and_take_over_a_database_migrated_by_sqlx() {
         count("SELECT count(*) FROM tagcast_migrations").await,
         files
     );
+    // Every one is listed as sqlx applied it; one applied again would be listed now, with its
+    // checksum.
     assert_eq!(
-        count("SELECT count(*) FROM webhooks").await,
-        0,
+        count(
+            "SELECT count(*) FROM tagcast_migrations
+              WHERE applied_at = '2001-01-01' AND checksum IS NULL"
+        )
+        .await,
+        files,
         "nothing applied twice"
     );
 

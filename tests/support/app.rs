@@ -10,7 +10,7 @@ use futures_util::StreamExt as _;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tagcast::Settings;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -76,8 +76,7 @@ pub struct TestApp {
 
 impl Drop for TestApp {
     /// A test that failed (or forgot `teardown`) still leaves nothing behind. tagcast is told
-    /// to stop first, so it does not declare the queues again once they are gone; the removal
-    /// runs on a thread and runtime of its own, since a destructor cannot await.
+    /// to stop first, so it does not declare the queues again once they are gone.
     fn drop(&mut self) {
         if self.torn_down {
             return;
@@ -100,14 +99,7 @@ impl Drop for TestApp {
             task.abort();
         }
         let settings = self.settings.clone();
-        let removed = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map(|rt| rt.block_on(remove(&settings)))
-        })
-        .join();
-        if !matches!(removed, Ok(Ok(()))) {
+        if !super::run_detached(async move { remove(&settings).await }) {
             eprintln!("could not remove the test's queues and database");
         }
     }
@@ -388,24 +380,15 @@ pub fn event(tag: &str) -> Value {
 }
 
 pub fn event_for(namespace: &str, repository: &str, tag: &str) -> Value {
-    json!({
-        "event_id": Uuid::new_v4().to_string(),
-        "type": "build.completed",
-        "occurred_at": "2016-11-29T12:25:46+08:00",
-        "repository": {
-            "namespace": namespace,
-            "name": repository,
-            "region": "cn-hangzhou",
-            "date_created": "2016-10-28T21:31:42+08:00",
-            "repo_authentication_type": "NO_CERTIFIED",
-            "repo_origin_type": "NO_CERTIFIED",
-            "repo_type": "PUBLIC"
-        },
-        "image": {
-            "tag": tag,
-            "digest": "sha256:457f4aa83fc9a6663ab9d1b0a6e2dce25a12a943ed5bf2c1747c58d48bbb4917"
-        }
-    })
+    let sample = tagcast::publish::Sample {
+        namespace: namespace.into(),
+        repository: repository.into(),
+        tag: tag.into(),
+        event_id: None,
+        // The contract's example time, which the expected notification bodies carry.
+        occurred_at: Some("2016-11-29T12:25:46+08:00".parse().unwrap()),
+    };
+    serde_json::from_slice(&sample.body(&Uuid::new_v4().to_string())).unwrap()
 }
 
 pub const SECOND: Duration = Duration::from_secs(1);

@@ -56,22 +56,27 @@ impl ScratchDatabase {
 
 impl Drop for ScratchDatabase {
     fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        // A thread and runtime of its own: a destructor cannot await.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let (admin, connection) =
-                    tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await?;
-                tokio::spawn(connection);
-                admin.batch_execute(&sql).await
-            })
-            .map_err(std::io::Error::other)
-        })
-        .join();
+        let name = self.name.clone();
+        if !run_detached(async move { drop_database(&name).await }) {
+            eprintln!("could not drop database {}", self.name);
+        }
     }
+}
+
+/// Runs `work` to its end on a thread and runtime of its own, for destructors: they cannot
+/// await, and may run inside a test's runtime or outside any. False if it could not run.
+pub fn run_detached<F>(work: F) -> bool
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(work))
+    })
+    .join()
+    .is_ok_and(|ran| ran.is_ok())
 }
 
 /// Calls `check` until it yields a value, or panics after `timeout` naming `what`.
@@ -137,13 +142,16 @@ pub async fn remove_environment(
         }
         let _ = amqp.close(200, "bye".into()).await;
     }
+    drop_database(database).await;
+}
+
+/// Drops a database, closing its connections; one that does not exist is skipped.
+pub async fn drop_database(name: &str) {
     if let Ok((admin, connection)) = tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
     {
         tokio::spawn(connection);
         let _ = admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-            ))
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .await;
     }
 }

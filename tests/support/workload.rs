@@ -373,6 +373,7 @@ pub fn event_body(event_id: &str) -> Vec<u8> {
         repository: "repo".into(),
         tag: format!("t{}", Utc::now().timestamp_micros()),
         event_id: None,
+        occurred_at: None,
     }
     .body(event_id)
 }
