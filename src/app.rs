@@ -92,6 +92,7 @@ impl App {
             lease,
             hard_stop: hard_stop.clone(),
             health: health.clone(),
+            lines: Default::default(),
         });
 
         let background = TaskTracker::new();

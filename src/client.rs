@@ -27,6 +27,8 @@ pub struct AttemptReport {
     pub duration: Duration,
     /// Why there was no answer; `None` when the receiver answered.
     pub error: Option<AttemptError>,
+    /// The cause behind `error`, in words a person can act on (`connection refused`).
+    pub detail: Option<String>,
     pub response_body: Option<String>,
 }
 
@@ -74,6 +76,8 @@ pub struct ClientSettings {
 pub struct WebhookClient {
     http: reqwest::Client,
     policy: Arc<AddressPolicy>,
+    connect_timeout: Duration,
+    timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +127,12 @@ impl WebhookClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .dns_resolver(Arc::new(GuardedResolver(policy.clone())))
             .build()?;
-        Ok(WebhookClient { http, policy })
+        Ok(WebhookClient {
+            http,
+            policy,
+            connect_timeout: settings.connect_timeout,
+            timeout: settings.timeout,
+        })
     }
 
     /// Makes one attempt. Never fails: every failure is an outcome to record.
@@ -136,17 +145,26 @@ impl WebhookClient {
     ) -> AttemptReport {
         let started_at = Utc::now();
         let clock = Instant::now();
-        let failed = |error: AttemptError| AttemptReport {
+        let failed = |error: AttemptError, detail: String| AttemptReport {
             outcome: error.outcome(),
             started_at,
             duration: clock.elapsed(),
             error: Some(error),
+            detail: Some(detail),
             response_body: None,
         };
 
         let parsed = match reqwest::Url::parse(url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-            _ => return failed(AttemptError::InvalidUrl),
+            // The parser's words never quote the URL, which may hold a secret.
+            Ok(u) => {
+                let scheme = u.scheme().to_owned();
+                return failed(
+                    AttemptError::InvalidUrl,
+                    format!("scheme {scheme} is not http or https"),
+                );
+            }
+            Err(e) => return failed(AttemptError::InvalidUrl, format!("not a URL: {e}")),
         };
         // reqwest does not resolve IP-literal hosts, so the resolver never sees them.
         let literal: Option<IpAddr> = match parsed.host() {
@@ -154,8 +172,11 @@ impl WebhookClient {
             Some(url::Host::Ipv6(v6)) => Some(v6.into()),
             _ => None,
         };
-        if literal.is_some_and(|ip| !self.policy.permits(ip)) {
-            return failed(AttemptError::BlockedAddress);
+        if let Some(ip) = literal.filter(|ip| !self.policy.permits(*ip)) {
+            return failed(
+                AttemptError::BlockedAddress,
+                format!("{ip} is not a public address (TAGCAST_ALLOW_TARGETS can allow it)"),
+            );
         }
 
         let timestamp = started_at.timestamp();
@@ -170,13 +191,21 @@ impl WebhookClient {
             match payload::sign(secret, webhook_id, timestamp, body) {
                 Ok(Some(signature)) => request = request.header("webhook-signature", signature),
                 Ok(None) => {}
-                Err(_) => return failed(AttemptError::InvalidSecret),
+                Err(_) => {
+                    return failed(
+                        AttemptError::InvalidSecret,
+                        "the secret is not whsec_ followed by base64".to_owned(),
+                    );
+                }
             }
         }
 
         let mut response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return failed(classify_error(&e)),
+            Err(e) => {
+                let error = classify_error(&e);
+                return failed(error, self.describe(error, &e));
+            }
         };
         let status = response.status().as_u16();
         let retry_after = response
@@ -212,8 +241,63 @@ impl WebhookClient {
             started_at,
             duration: clock.elapsed(),
             error: None,
+            detail: None,
             response_body: (!text.is_empty()).then_some(text),
         }
+    }
+}
+
+impl WebhookClient {
+    /// The cause of a failed request in a few words: the innermost error's text (never the
+    /// outer one, which quotes the URL and so perhaps a secret), marked `dns:` or `tls:` when it
+    /// happened there.
+    fn describe(&self, error: AttemptError, e: &reqwest::Error) -> String {
+        if error == AttemptError::Timeout {
+            return if e.is_connect() {
+                format!(
+                    "no connection within {:?} (TAGCAST_HTTP_CONNECT_TIMEOUT)",
+                    self.connect_timeout
+                )
+            } else {
+                format!(
+                    "no complete answer within {:?} (TAGCAST_HTTP_TIMEOUT)",
+                    self.timeout
+                )
+            };
+        }
+        if error == AttemptError::BlockedAddress {
+            return "every address of the host is not public (TAGCAST_ALLOW_TARGETS can allow one)"
+                .to_owned();
+        }
+        let chain: Vec<String> = std::iter::successors(e.source(), |s| (*s).source())
+            .map(|s| s.to_string())
+            .collect();
+        let innermost = chain.last().map_or("connection failed", String::as_str);
+        let phase = if error == AttemptError::TlsCertificate
+            || chain
+                .iter()
+                .any(|t| t.contains("tls") || t.contains("certificate"))
+        {
+            "tls: "
+        } else if chain.iter().any(|t| t == "dns error") {
+            "dns: "
+        } else {
+            ""
+        };
+        format!("{phase}{}", plain(innermost))
+    }
+}
+
+/// `Connection refused (os error 111)` as `connection refused`.
+fn plain(text: &str) -> String {
+    let text = match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => &text[..at],
+        _ => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
     }
 }
 
@@ -234,5 +318,74 @@ fn classify_error(e: &reqwest::Error) -> AttemptError {
         AttemptError::Timeout
     } else {
         AttemptError::Connect
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_errors_read_as_plain_words() {
+        let cases = [
+            ("Connection refused (os error 111)", "connection refused"),
+            (
+                "failed to lookup address information: Name or service not known",
+                "failed to lookup address information: Name or service not known",
+            ),
+            (
+                "invalid peer certificate: Expired",
+                "invalid peer certificate: Expired",
+            ),
+            ("", ""),
+        ];
+        for (text, plain_text) in cases {
+            assert_eq!(plain(text), plain_text, "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_says_so() {
+        // A port nobody listens on: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let client = WebhookClient::new(&ClientSettings {
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+            policy: AddressPolicy {
+                allow_private: true,
+                allow: Vec::new(),
+            },
+        })
+        .unwrap();
+        let report = client
+            .send(
+                &format!("http://127.0.0.1:{port}/hook?token=s3cret"),
+                None,
+                "{}",
+                "id",
+            )
+            .await;
+        assert_eq!(report.error, Some(AttemptError::Connect));
+        let detail = report.detail.unwrap_or_default();
+        assert_eq!(detail, "connection refused");
+    }
+
+    #[tokio::test]
+    async fn a_blocked_address_names_the_setting_that_allows_it() {
+        let client = WebhookClient::new(&ClientSettings {
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+            policy: AddressPolicy::default(),
+        })
+        .unwrap();
+        let report = client.send("http://10.0.0.1/hook", None, "{}", "id").await;
+        assert_eq!(report.error, Some(AttemptError::BlockedAddress));
+        assert_eq!(
+            report.detail.as_deref(),
+            Some("10.0.0.1 is not a public address (TAGCAST_ALLOW_TARGETS can allow it)")
+        );
     }
 }

@@ -162,6 +162,22 @@ pub fn decode(body: &[u8]) -> Result<Decoded, EventError> {
     }))
 }
 
+/// The `event_id` of a message that was refused, when it has one, so the line about it can
+/// name it. Escaped: it is untrusted text bound for a terminal.
+pub fn event_id_of(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow)]
+        event_id: std::borrow::Cow<'a, str>,
+    }
+    if body.len() > MAX_EVENT_BYTES {
+        return None;
+    }
+    let named: Named<'_> = serde_json::from_slice(body).ok()?;
+    let id = named.event_id.chars().take(128).collect::<String>();
+    (!id.is_empty()).then(|| id.escape_debug().to_string())
+}
+
 fn timestamp(text: &str, field: &'static str) -> Result<DateTime<FixedOffset>, EventError> {
     DateTime::parse_from_rfc3339(text).map_err(|_| EventError::Timestamp { field })
 }
@@ -236,6 +252,29 @@ pub(crate) mod tests {
             .unwrap()
             .remove(key);
         serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn a_refused_event_is_named_by_its_id_when_it_has_one() {
+        let cases: [(&[u8], Option<&str>); 6] = [
+            (
+                br#"{"event_id":"e-1","image":{"tag":"bad tag"}}"#,
+                Some("e-1"),
+            ),
+            (br#"{"event_id":"e\n2"}"#, Some("e\\n2")),
+            (br#"{"event_id":""}"#, None),
+            (br#"{"event_id":7}"#, None),
+            (b"not json", None),
+            (br#"{"type":"build.completed"}"#, None),
+        ];
+        for (body, id) in cases {
+            assert_eq!(
+                event_id_of(body).as_deref(),
+                id,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]

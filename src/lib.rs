@@ -6,7 +6,7 @@
 //!
 //! - **Leaves**, pure or nearly: [`model`] (a delivery's status and record, its id),
 //!   [`redact`], [`backoff`], [`events`], [`trigger`], [`payload`], [`status`], [`retry`], [`guard`],
-//!   [`gate`], [`metrics`], [`health`], and [`config`] (the settings, read by `app` alone).
+//!   [`gate`], [`metrics`], [`health`], [`sampled`] (rate-limited log lines), and [`config`] (the settings, read by `app` alone).
 //! - **I/O**: [`store`] (all SQL), [`amqp`] (topology, publisher, connection, acknowledgements,
 //!   queue depths), [`client`] (the webhook HTTP client), [`http`] (metrics and health).
 //! - **[`consumer`]**: the consume loop, generic over its stage, and the one place where an
@@ -56,6 +56,7 @@ pub mod probe;
 pub mod publish;
 pub mod redact;
 pub mod retry;
+pub mod sampled;
 pub mod stages;
 pub mod status;
 pub mod store;

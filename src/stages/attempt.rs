@@ -48,7 +48,7 @@ pub async fn attempt(
         pass.report(report.duration, report.unreachable());
     }
 
-    let (status, next_attempt_at) = match classify(&report.outcome) {
+    let (status, retry_in) = match classify(&report.outcome) {
         Verdict::Succeeded => (DeliveryStatus::Succeeded, None),
         Verdict::GiveUp => (DeliveryStatus::Failed, None),
         Verdict::Retry { hint } => {
@@ -56,18 +56,17 @@ pub async fn attempt(
                 .retry
                 .delay_after(n.unsigned_abs(), hint, fastrand::f64())
             {
-                Some(delay) => (
-                    DeliveryStatus::Retrying,
-                    Some(report.started_at + report.duration + delay),
-                ),
+                Some(delay) => (DeliveryStatus::Retrying, Some(delay)),
                 None => (DeliveryStatus::Failed, None),
             }
         }
     };
+    let next_attempt_at = retry_in.map(|delay| report.started_at + report.duration + delay);
     let http_status = report.http_status().map(i32::from);
     tracing::debug!(
         delivery_id = %record.id, attempt = n, url = %redact_url(target.url), http_status,
-        error = report.error.map(|e| e.as_str()), duration = ?report.duration, status = status.as_str(), "delivery attempt"
+        error = report.error.map(|e| e.as_str()), detail = report.detail, duration = ?report.duration,
+        status = status.as_str(), "delivery attempt"
     );
     let new = NewAttempt {
         attempt: n,
@@ -75,6 +74,7 @@ pub async fn attempt(
         duration: report.duration,
         http_status,
         error: report.error,
+        error_detail: report.detail,
         response_body: report.response_body,
         status,
         next_attempt_at,
@@ -91,6 +91,7 @@ pub async fn attempt(
         AttemptRecorded::Before => return Err(StageError::AlreadyRecorded),
     }
 
+    log_outcome(ctx, &record, &target, n, &new, retry_in);
     match status {
         DeliveryStatus::Succeeded => {
             ctx.metrics.completed(Completed::Succeeded);
@@ -115,6 +116,56 @@ pub async fn attempt(
         done.push(publisher.job(&next_job(&record), Utc::now()).await?);
     }
     Ok(done)
+}
+
+/// The line a person watching sees for a recorded attempt: delivered, retry scheduled, or
+/// failed with its reason. Rate-limited (see [`crate::sampled`]).
+fn log_outcome(
+    ctx: &Context,
+    record: &DeliveryRecord,
+    target: &Target<'_>,
+    n: i32,
+    new: &NewAttempt,
+    retry_in: Option<std::time::Duration>,
+) {
+    let lines = match new.status {
+        DeliveryStatus::Succeeded => &ctx.lines.delivered,
+        DeliveryStatus::Retrying => &ctx.lines.retrying,
+        DeliveryStatus::Failed => &ctx.lines.failed,
+        DeliveryStatus::Pending | DeliveryStatus::NotTriggered => return,
+    };
+    let Some(passed_over) = lines.admit() else {
+        return;
+    };
+    // Only when some were: the field is absent otherwise.
+    let unlogged = (passed_over > 0).then_some(passed_over);
+    let url = redact_url(target.url);
+    let duration_ms = crate::store::millis(new.duration);
+    match new.status {
+        DeliveryStatus::Succeeded => tracing::info!(
+            event_id = %record.event_id, delivery_id = %record.id, webhook = %record.webhook_name,
+            %url, attempt = n, http_status = new.http_status, duration_ms, unlogged, "delivered"
+        ),
+        DeliveryStatus::Retrying => tracing::info!(
+            event_id = %record.event_id, delivery_id = %record.id, webhook = %record.webhook_name,
+            %url, attempt = n, reason = %reason(new), retry_in = ?retry_in.unwrap_or_default(),
+            unlogged, "retry scheduled"
+        ),
+        _ => tracing::info!(
+            event_id = %record.event_id, delivery_id = %record.id, webhook = %record.webhook_name,
+            %url, attempt = n, reason = %reason(new), unlogged, "failed"
+        ),
+    }
+}
+
+/// Why an attempt did not succeed, in words: `HTTP 503` or `connect: connection refused`.
+fn reason(attempt: &NewAttempt) -> String {
+    match (attempt.http_status, attempt.error, &attempt.error_detail) {
+        (Some(status), _, _) => format!("HTTP {status}"),
+        (None, Some(error), Some(detail)) => format!("{}: {detail}", error.as_str()),
+        (None, Some(error), None) => error.as_str().to_owned(),
+        (None, None, _) => "no answer".to_owned(),
+    }
 }
 
 /// The job of the attempt after the one `record` shows.

@@ -33,7 +33,14 @@ pub async fn handle(ctx: Arc<Context>, publisher: Publisher, message: Inbound) -
         }
         Err(reason) => {
             ctx.metrics.event(EventResult::Invalid);
-            return Handled::unnamed(Err(reason.into()));
+            let span = match events::event_id_of(&message.body) {
+                Some(event_id) => tracing::info_span!("event", event_id),
+                None => tracing::Span::none(),
+            };
+            return Handled {
+                span,
+                outcome: Err(reason.into()),
+            };
         }
     };
     ctx.metrics.event(EventResult::Accepted);

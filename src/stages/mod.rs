@@ -16,6 +16,7 @@ use crate::gate::EndpointGate;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
+use crate::sampled::OutcomeLines;
 use crate::store::{self, Pool, Recorder, StoreError, WebhookCache};
 
 /// What every handler needs. Shared by reference count.
@@ -35,6 +36,8 @@ pub struct Context {
     /// leaves its message unacknowledged.
     pub hard_stop: CancellationToken,
     pub health: Health,
+    /// The outcome lines of deliveries, rate-limited.
+    pub lines: OutcomeLines,
 }
 
 impl Context {

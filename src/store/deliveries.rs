@@ -260,6 +260,8 @@ pub struct NewAttempt {
     pub duration: Duration,
     pub http_status: Option<i32>,
     pub error: Option<AttemptError>,
+    /// The cause behind `error`, in words (`connection refused`).
+    pub error_detail: Option<String>,
     pub response_body: Option<String>,
     pub status: DeliveryStatus,
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -333,8 +335,9 @@ pub async fn record_attempts(
     const SQL: &str = concat!(
         "WITH u AS (
             SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int[], $6::text[],
-                                 $7::text[], $8::text[], $9::timestamptz[])
-                AS u(delivery_id, attempt, started_at, duration_ms, http_status, error, response_body, status, next_attempt_at)
+                                 $7::text[], $8::text[], $9::timestamptz[], $10::text[])
+                AS u(delivery_id, attempt, started_at, duration_ms, http_status, error, response_body, status, next_attempt_at,
+                     error_detail)
         ), d AS (
             UPDATE deliveries SET status = u.status, attempts = u.attempt, http_status = u.http_status, error = u.error,
                    duration_ms = u.duration_ms, next_attempt_at = u.next_attempt_at, lease_until = NULL,
@@ -343,8 +346,10 @@ pub async fn record_attempts(
              WHERE deliveries.id = u.delivery_id AND deliveries.attempts = u.attempt - 1
             RETURNING deliveries.id
         )
-        INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status, error, response_body)
-        SELECT u.delivery_id, u.attempt, u.started_at, u.duration_ms, u.http_status, u.error, u.response_body
+        INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status, error, error_detail,
+                                       response_body)
+        SELECT u.delivery_id, u.attempt, u.started_at, u.duration_ms, u.http_status, u.error, u.error_detail,
+               u.response_body
           FROM u JOIN d ON d.id = u.delivery_id
         ON CONFLICT DO NOTHING
         RETURNING delivery_id"
@@ -364,6 +369,10 @@ pub async fn record_attempts(
         .collect();
     let statuses: Vec<&str> = batch.iter().map(|(_, a)| a.status.as_str()).collect();
     let next: Vec<Option<DateTime<Utc>>> = batch.iter().map(|(_, a)| a.next_attempt_at).collect();
+    let details: Vec<Option<&str>> = batch
+        .iter()
+        .map(|(_, a)| a.error_detail.as_deref())
+        .collect();
     let client = pool.get().await?;
     // Typed and unnamed, as in record_decisions.
     let rows = client
@@ -379,6 +388,7 @@ pub async fn record_attempts(
                 (&bodies, Type::TEXT_ARRAY),
                 (&statuses, Type::TEXT_ARRAY),
                 (&next, Type::TIMESTAMPTZ_ARRAY),
+                (&details, Type::TEXT_ARRAY),
             ],
         )
         .await?;

@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sweep due",
         include_str!("../../sql/20261129000002_sweep_due.sql"),
     ),
+    (
+        20261202000001,
+        "attempt error detail",
+        include_str!("../../sql/20261202000001_attempt_error_detail.sql"),
+    ),
 ];
 
 /// Any 64-bit key will do, as long as nothing else locks it: "tagcast" in ASCII.
