@@ -239,6 +239,7 @@ pub(crate) async fn floor(n: usize, status_queue: bool) -> Floor {
                     duration: Duration::from_millis(2),
                     http_status: Some(200),
                     error: None,
+                    error_detail: None,
                     response_body: Some("ok".into()),
                     status: DeliveryStatus::Succeeded,
                     next_attempt_at: None,
