@@ -12,17 +12,17 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::amqp::connection::{Broker, Channels};
+use crate::amqp::connection::{Broker, Channels, Refused};
 use crate::amqp::{Topology, depths};
 use crate::client::{ClientSettings, WebhookClient};
-use crate::config::Settings;
+use crate::config::{Misconfigured, STARTUP_GRACE, Settings};
 use crate::consumer::{Lane, consume};
 use crate::guard::AddressPolicy;
 use crate::health::Health;
 use crate::metrics::{Metrics, Stage};
 use crate::retry::RetryPolicy;
 use crate::stages::{self, Context};
-use crate::store::{self, Pool, Recorder, WebhookCache};
+use crate::store::{self, Pool, Recorder, StartError, WebhookCache};
 use crate::{http, probe, sweeper};
 
 pub struct App {
@@ -38,9 +38,15 @@ impl App {
     /// metrics address.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let pool = store::connect(&settings.database_url, 16).context("TAGCAST_DATABASE_URL")?;
-        store::migrate_when_reachable(&pool)
+        store::migrate_when_reachable(&pool, STARTUP_GRACE)
             .await
-            .context("applying migrations")?;
+            .map_err(|e| match e {
+                StartError::Refused(problem) => anyhow::Error::new(Misconfigured {
+                    setting: "TAGCAST_DATABASE_URL",
+                    problem,
+                }),
+                StartError::Migrations(e) => anyhow::Error::new(e).context("applying migrations"),
+            })?;
         let listener = TcpListener::bind(settings.metrics_addr)
             .await
             .with_context(|| format!("binding TAGCAST_METRICS_ADDR {}", settings.metrics_addr))?;
@@ -68,9 +74,11 @@ impl App {
             .unwrap_or(self.settings.metrics_addr)
     }
 
-    /// Runs until `shutdown` completes, then drains within the grace period.
+    /// Runs until `shutdown` completes, then drains within the grace period. Fails with
+    /// [`Misconfigured`] if the broker refuses tagcast from the start.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let s = &self.settings;
+        let metrics_addr = self.metrics_addr();
         let stop = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let health = Health::default();
@@ -111,6 +119,14 @@ impl App {
             hard_stop.clone(),
         ));
         let (publisher, current) = watch::channel(None);
+        let mut connected = publisher.subscribe();
+        let prefix = s.queue_prefix.clone();
+        background.spawn(async move {
+            // Started is true once events are consumed, not before.
+            if connected.wait_for(Option::is_some).await.is_ok() {
+                tracing::info!(metrics = %metrics_addr, queue_prefix = %prefix, "tagcast started");
+            }
+        });
         background.spawn(sweeper::run(
             self.pool.clone(),
             current,
@@ -182,18 +198,32 @@ impl App {
                 }
             }
         };
-        let broker = tokio::spawn(broker.supervise(
+        let mut broker = tokio::spawn(broker.supervise(
             health.broker.clone(),
             metrics,
             publisher,
             stop.clone(),
+            STARTUP_GRACE,
             session,
         ));
 
-        shutdown.await;
-        tracing::info!(grace = ?s.shutdown_grace, "shutting down: no new messages; finishing what is in flight");
+        // The broker task ends by itself only when the broker refused tagcast from the start.
+        let refused = tokio::select! {
+            () = shutdown => None,
+            ended = &mut broker => Some(ended),
+        };
+        if refused.is_none() {
+            tracing::info!(grace = ?s.shutdown_grace, "shutting down: no new messages; finishing what is in flight");
+        }
         stop.cancel();
-        let connection = broker.await.context("broker task")?;
+        let ended = match refused {
+            Some(ended) => ended,
+            None => broker.await,
+        };
+        let (connection, refused) = match ended.context("broker task")? {
+            Ok(connection) => (connection, None),
+            Err(Refused(problem)) => (None, Some(problem)),
+        };
         work.close();
         if tokio::time::timeout(s.shutdown_grace, work.wait())
             .await
@@ -209,6 +239,13 @@ impl App {
         background.close();
         background.wait().await;
         store::close(&self.pool);
+        if let Some(problem) = refused {
+            return Err(Misconfigured {
+                setting: "TAGCAST_AMQP_URL",
+                problem,
+            }
+            .into());
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -25,7 +25,7 @@ pub struct Cli {
 pub enum Command {
     /// Apply pending migrations, then consume events and deliver webhooks until SIGTERM.
     Run,
-    /// Apply pending migrations and exit.
+    /// Apply pending migrations to TAGCAST_DATABASE_URL and exit.
     Migrate,
     /// Publish one build.completed event to TAGCAST_EVENTS_EXCHANGE, as a registry would.
     Publish(crate::publish::Sample),
@@ -35,24 +35,31 @@ pub enum Command {
 /// variable to fix.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
+    /// RabbitMQ to consume events from and publish status events to (amqp:// or amqps://).
     #[arg(
         long,
         global = true,
         env = "TAGCAST_AMQP_URL",
         value_name = "TAGCAST_AMQP_URL",
+        // Its value may hold a password: help never shows it.
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: SecretUrl,
 
+    /// PostgreSQL holding webhooks and access records.
     #[arg(
         long,
         global = true,
         env = "TAGCAST_DATABASE_URL",
         value_name = "TAGCAST_DATABASE_URL",
+        // Its value may hold a password: help never shows it.
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub database_url: SecretUrl,
 
+    /// Address of /metrics, /healthz and /readyz.
     #[arg(
         long,
         global = true,
@@ -62,6 +69,7 @@ pub struct Settings {
     )]
     pub metrics_addr: SocketAddr,
 
+    /// Topic exchange the registry publishes build events to.
     #[arg(
         long,
         global = true,
@@ -71,6 +79,7 @@ pub struct Settings {
     )]
     pub events_exchange: String,
 
+    /// Topic exchange delivery status events are published to.
     #[arg(
         long,
         global = true,
@@ -80,6 +89,7 @@ pub struct Settings {
     )]
     pub status_exchange: String,
 
+    /// Prefix of every queue tagcast declares (<prefix>.events, <prefix>.deliveries, ...).
     #[arg(
         long,
         global = true,
@@ -89,33 +99,37 @@ pub struct Settings {
     )]
     pub queue_prefix: String,
 
+    /// Wait before the second attempt; each later wait doubles.
     #[arg(long, global = true, env = "TAGCAST_RETRY_INITIAL_DELAY", value_name = "TAGCAST_RETRY_INITIAL_DELAY",
           default_value = "1s", value_parser = duration)]
     pub retry_initial_delay: Duration,
 
+    /// Longest wait between two attempts.
     #[arg(long, global = true, env = "TAGCAST_RETRY_MAX_DELAY", value_name = "TAGCAST_RETRY_MAX_DELAY",
           default_value = "1h", value_parser = duration)]
     pub retry_max_delay: Duration,
 
+    /// Attempts per delivery in all, the first included (1 to 1000).
     #[arg(long, global = true, env = "TAGCAST_RETRY_MAX_ATTEMPTS", value_name = "TAGCAST_RETRY_MAX_ATTEMPTS",
           default_value = "8", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub retry_max_attempts: u32,
 
+    /// Longest wait for a webhook endpoint to accept the connection.
     #[arg(long, global = true, env = "TAGCAST_HTTP_CONNECT_TIMEOUT", value_name = "TAGCAST_HTTP_CONNECT_TIMEOUT",
           default_value = "5s", value_parser = duration)]
     pub http_connect_timeout: Duration,
 
+    /// Longest wait for a whole attempt, connection to response.
     #[arg(long, global = true, env = "TAGCAST_HTTP_TIMEOUT", value_name = "TAGCAST_HTTP_TIMEOUT",
           default_value = "10s", value_parser = duration)]
     pub http_timeout: Duration,
 
-    /// Lets deliveries reach loopback, private and link-local addresses (development and tests).
+    /// Let deliveries reach loopback, private and link-local addresses (development and tests).
     #[arg(long, global = true, env = "TAGCAST_ALLOW_PRIVATE_TARGETS", value_name = "TAGCAST_ALLOW_PRIVATE_TARGETS",
           default_value = "false", action = clap::ArgAction::Set)]
     pub allow_private_targets: bool,
 
-    /// Networks (comma-separated CIDRs) that deliveries may reach although the address guard
-    /// would refuse them, for operators who need one internal range and no more.
+    /// Comma-separated CIDRs that deliveries may reach although they are not public.
     #[arg(
         long,
         global = true,
@@ -125,22 +139,22 @@ pub struct Settings {
     )]
     pub allow_targets: Vec<Cidr>,
 
+    /// On SIGTERM, how long in-flight work may take to finish.
     #[arg(long, global = true, env = "TAGCAST_SHUTDOWN_GRACE", value_name = "TAGCAST_SHUTDOWN_GRACE",
           default_value = "30s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
-    /// Events handled at once (the events queue's prefetch is a quarter more: see `acks::prefetch`).
+    /// Events handled at once (the events queue's prefetch is a quarter more).
     #[arg(long, global = true, env = "TAGCAST_EVENT_CONCURRENCY", value_name = "TAGCAST_EVENT_CONCURRENCY",
           default_value = "512", value_parser = clap::value_parser!(u16).range(1..))]
     pub event_concurrency: u16,
 
-    /// Delivery jobs handled, so webhook requests in flight, at once (the delivery queue's
-    /// prefetch is a quarter more). Each waits at most
-    /// TAGCAST_HTTP_TIMEOUT, so a few hanging receivers cannot take them all.
+    /// Delivery jobs, so webhook requests, handled at once (the queue's prefetch is a quarter more).
     #[arg(long, global = true, env = "TAGCAST_DELIVERY_CONCURRENCY", value_name = "TAGCAST_DELIVERY_CONCURRENCY",
           default_value = "512", value_parser = clap::value_parser!(u16).range(1..))]
     pub delivery_concurrency: u16,
 
+    /// Log lines as text or JSON; auto is text on a terminal, JSON otherwise.
     #[arg(
         long,
         global = true,
@@ -153,9 +167,11 @@ pub struct Settings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    /// Pretty on a terminal, JSON otherwise.
+    /// Text on a terminal, JSON otherwise.
     Auto,
+    /// Text, one line per event.
     Pretty,
+    /// One JSON object per line, for a log collector.
     Json,
 }
 
@@ -168,6 +184,19 @@ impl Settings {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 }
+
+/// A setting that cannot work, found out at start: tagcast exits, naming it, rather than retry
+/// forever what waiting does not cure.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct Misconfigured {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+/// How long a start-up refusal (a missing database, a wrong password) is retried before it is
+/// taken for a configuration error: long enough for services that start together to settle.
+pub const STARTUP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A duration setting; the error says what one looks like, not only where parsing stopped.
 fn duration(text: &str) -> Result<Duration, String> {
@@ -211,6 +240,59 @@ mod tests {
         );
         assert!(!s.allow_private_targets);
         assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn every_flag_of_every_command_says_what_it_is_for() {
+        use clap::CommandFactory as _;
+        let cli = Cli::command();
+        let mut commands: Vec<&clap::Command> = vec![&cli];
+        let mut seen = 0;
+        while let Some(command) = commands.pop() {
+            assert!(
+                command.get_about().is_some() || command.get_name() == "tagcast",
+                "{} has no description",
+                command.get_name()
+            );
+            for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+                seen += 1;
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                assert!(
+                    !help.is_empty(),
+                    "--{} of {} has no help",
+                    arg.get_id(),
+                    command.get_name()
+                );
+                assert!(
+                    !help.contains('`') && !help.contains("::"),
+                    "--{} refers to code: {help}",
+                    arg.get_id()
+                );
+                if arg.is_global_set() {
+                    let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                    assert_eq!(
+                        env.as_deref(),
+                        arg.get_value_names()
+                            .and_then(|v| v.first())
+                            .map(|v| v.as_str()),
+                        "--{} is set by the variable it is named after",
+                        arg.get_id()
+                    );
+                }
+            }
+            commands.extend(command.get_subcommands());
+        }
+        assert!(seen > 20, "{seen} flags");
+    }
+
+    #[test]
+    fn help_never_shows_a_url_from_the_environment() {
+        use clap::CommandFactory as _;
+        let cli = Cli::command();
+        for id in ["amqp_url", "database_url"] {
+            let arg = cli.get_arguments().find(|a| a.get_id() == id).unwrap();
+            assert!(arg.is_hide_env_values_set(), "{id}");
+        }
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub async fn consume<F, Fut>(
             return;
         }
     };
-    let window = AckWindow::spawn(&work);
+    let window = AckWindow::spawn(&work, channel.clone());
     let running = Arc::new(tokio::sync::Semaphore::new(concurrency));
     loop {
         let delivery = tokio::select! {

@@ -1,9 +1,10 @@
 //! The `tagcast` binary: parse settings, set up logging, run or migrate.
 
 use std::io::IsTerminal as _;
+use std::process::ExitCode;
 
 use clap::Parser as _;
-use tagcast::config::{Cli, Command, LogFormat};
+use tagcast::config::{Cli, Command, LogFormat, Misconfigured};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc: less CPU per delivery than glibc's malloc, whose calls were a large share of
@@ -16,10 +17,30 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
+/// The exit status of a configuration error (`EX_CONFIG` of sysexits.h), so a supervisor can tell
+/// it from a crash and stop restarting.
+const EXIT_CONFIG: u8 = 78;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.settings.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<Misconfigured>() {
+            Some(misconfigured) => {
+                tracing::error!(setting = misconfigured.setting, "{misconfigured}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+            None => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate => {
             let pool = tagcast::store::connect(&cli.settings.database_url, 2)?;
@@ -37,7 +58,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run => {
             let app = tagcast::App::build(cli.settings).await?;
-            tracing::info!(metrics = %app.metrics_addr(), "tagcast started");
             app.run_until(shutdown_signal()).await?;
         }
     }
@@ -45,7 +65,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // lapin logs each failed connection at ERROR, several lines a try, and tokio_postgres each
+    // server notice at INFO: tagcast says what a person needs of both itself, once.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=off,tokio_postgres=warn"));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lapin::Acker;
 use lapin::options::BasicAckOptions;
+use lapin::{Acker, Channel};
 use tokio::sync::mpsc;
 
 /// How often the acknowledgements due are sent.
@@ -45,10 +45,12 @@ pub struct AckWindow {
 
 impl AckWindow {
     /// Starts the task for a channel whose first delivery tag is 1. It ends, after acknowledging
-    /// everything it holds, once every clone of the window is dropped.
-    pub fn spawn(tracker: &tokio_util::task::TaskTracker) -> AckWindow {
+    /// everything it holds, once every clone of the window is dropped. It keeps `channel` open
+    /// until then: lapin closes a channel when its last handle goes, and at shutdown the
+    /// consumer's goes first, while acknowledgements are still to be sent.
+    pub fn spawn(tracker: &tokio_util::task::TaskTracker, channel: Channel) -> AckWindow {
         let (tx, rx) = mpsc::unbounded_channel();
-        tracker.spawn(run(rx));
+        tracker.spawn(run(rx, channel));
         AckWindow { tx }
     }
 
@@ -65,7 +67,7 @@ impl AckWindow {
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<(u64, Option<Acker>)>) {
+async fn run(mut rx: mpsc::UnboundedReceiver<(u64, Option<Acker>)>, _channel: Channel) {
     let mut window: Window<Acker> = Window::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

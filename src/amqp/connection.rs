@@ -26,6 +26,12 @@ pub struct Channels {
     pub depths: Channel,
 }
 
+/// The broker refused tagcast from the start, for longer than the grace, for a reason waiting
+/// does not cure (see [`AmqpError::misconfiguration`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
 /// Where and how to connect.
 pub struct Broker {
     pub url: SecretUrl,
@@ -69,28 +75,33 @@ impl Broker {
     /// Keeps a connection open until `stop` fires: `session` runs on each connection, and
     /// returns when it is lost (or on `stop`). The current publisher, if any, is kept in
     /// `publisher` for background work. Returns the live connection once stopped, so in-flight
-    /// handlers can still acknowledge.
+    /// handlers can still acknowledge. Until the first connection, a refusal that waiting does
+    /// not cure ends it once it has lasted `grace`; after that, every outage is waited out.
     pub async fn supervise<S, Fut>(
         self,
         health: Flag,
         metrics: Metrics,
         publisher: watch::Sender<Option<Publisher>>,
         stop: CancellationToken,
+        grace: Duration,
         session: S,
-    ) -> Option<Connection>
+    ) -> Result<Option<Connection>, Refused>
     where
         S: Fn(Channels) -> Fut,
         Fut: Future<Output = ()>,
     {
         let backoff = || Waits::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut waits = backoff();
+        let started = std::time::Instant::now();
+        let mut connected_once = false;
         loop {
             if stop.is_cancelled() {
-                return None;
+                return Ok(None);
             }
             match self.connect().await {
                 Ok((connection, channels)) => {
                     waits = backoff();
+                    connected_once = true;
                     metrics.broker_connections.inc();
                     health.up();
                     tracing::info!(amqp = %self.url, "connected to RabbitMQ");
@@ -98,19 +109,25 @@ impl Broker {
                     session(channels).await;
                     publisher.send_replace(None);
                     if stop.is_cancelled() {
-                        return Some(connection);
+                        return Ok(Some(connection));
                     }
                     health.down(&"connection lost");
                     tracing::warn!("lost RabbitMQ connection; reconnecting");
                     let _ = connection.close(320, "reconnecting".into()).await;
                 }
                 Err(e) => {
+                    if !connected_once
+                        && started.elapsed() >= grace
+                        && let Some(problem) = e.misconfiguration()
+                    {
+                        return Err(Refused(problem));
+                    }
                     health.down(&e);
                     tracing::debug!(amqp = %self.url, error = %e, "cannot connect to RabbitMQ; retrying");
                 }
             }
             tokio::select! {
-                () = stop.cancelled() => return None,
+                () = stop.cancelled() => return Ok(None),
                 () = tokio::time::sleep(waits.next_delay()) => {}
             }
         }

@@ -52,6 +52,31 @@ pub enum AmqpError {
     Nacked,
 }
 
+impl AmqpError {
+    /// What is wrong with `TAGCAST_AMQP_URL`, when the broker refused it for a reason waiting
+    /// does not cure: a login it refuses, or a vhost it does not have (or will not open to
+    /// this user).
+    pub fn misconfiguration(&self) -> Option<String> {
+        use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+        let AmqpError::Lapin(e) = self else {
+            return None;
+        };
+        let lapin::ErrorKind::ProtocolError(refusal) = e.kind() else {
+            return None;
+        };
+        let advice = match refusal.kind() {
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => {
+                "RabbitMQ refused the login: check the user and password"
+            }
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => {
+                "RabbitMQ will not open the vhost: check that it exists and that the user may use it"
+            }
+            _ => return None,
+        };
+        Some(format!("{advice} ({})", refusal.get_message()))
+    }
+}
+
 /// Names of everything tagcast declares, from the configured prefix and exchanges.
 #[derive(Debug, Clone)]
 pub struct Topology {

@@ -8,7 +8,7 @@ mod migrate;
 mod webhooks;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
@@ -27,9 +27,9 @@ use crate::redact::SecretUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("database pool: {0}")]
+    #[error("database: {}", describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database settings: {0}")]
     Config(#[from] deadpool_postgres::BuildError),
@@ -66,6 +66,51 @@ impl StoreError {
             | StoreError::Cancelled
             | StoreError::BatchLength { .. } => false,
         }
+    }
+}
+
+impl StoreError {
+    /// The server's own error, if it answered with one.
+    fn db_error(&self) -> Option<&tokio_postgres::error::DbError> {
+        match self {
+            StoreError::Postgres(e)
+            | StoreError::Pool(deadpool_postgres::PoolError::Backend(e)) => e.as_db_error(),
+            StoreError::Batch(e) => e.db_error(),
+            _ => None,
+        }
+    }
+
+    /// What is wrong with `TAGCAST_DATABASE_URL`, when PostgreSQL refused it for a reason
+    /// waiting does not cure: no such database, a wrong password, a role it does not know or a
+    /// connection its `pg_hba.conf` refuses.
+    pub fn misconfiguration(&self) -> Option<String> {
+        let db = self.db_error()?;
+        let advice = match db.code().code() {
+            "3D000" => "PostgreSQL has no such database: create it, or fix the name",
+            "28P01" => "PostgreSQL refused the password",
+            "28000" => "PostgreSQL refused the login: check the user, and pg_hba.conf",
+            _ => return None,
+        };
+        Some(format!("{advice} ({})", db.message()))
+    }
+}
+
+/// The server's message and SQLSTATE when there is one (`db error` alone tells nobody
+/// anything), else the error and its causes.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => describe(e),
+        e => e.to_string(),
     }
 }
 
@@ -164,19 +209,45 @@ pub async fn ping(pool: &Pool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Waits for PostgreSQL, then applies pending migrations.
-pub async fn migrate_when_reachable(pool: &Pool) -> Result<(), StoreError> {
+/// Why tagcast could not start on the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Refused for a reason waiting does not cure, for longer than the grace.
+    #[error("{0}")]
+    Refused(String),
+    #[error("applying migrations: {0}")]
+    Migrations(#[from] StoreError),
+}
+
+/// Waits for PostgreSQL, then applies pending migrations. A refusal that waiting does not cure
+/// (see [`StoreError::misconfiguration`]) ends the wait once it has lasted `grace`. One line
+/// when the wait begins, one when it ends.
+pub async fn migrate_when_reachable(pool: &Pool, grace: Duration) -> Result<(), StartError> {
+    let started = Instant::now();
     let mut waits = Waits::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut waited = false;
     loop {
         match ping(pool).await {
             Ok(()) => break,
             Err(e) => {
-                tracing::warn!(error = %e, "waiting for PostgreSQL");
+                let misconfigured = e.misconfiguration();
+                if let Some(problem) = misconfigured
+                    && started.elapsed() >= grace
+                {
+                    return Err(StartError::Refused(problem));
+                }
+                if !waited {
+                    waited = true;
+                    tracing::warn!(error = %e, "waiting for PostgreSQL");
+                }
                 tokio::time::sleep(waits.next_delay()).await;
             }
         }
     }
-    migrate(pool).await
+    if waited {
+        tracing::info!(after = ?started.elapsed(), "PostgreSQL reachable");
+    }
+    Ok(migrate(pool).await?)
 }
 
 /// How long a claimed attempt stays claimed. While it runs no other worker may make that
