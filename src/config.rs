@@ -29,6 +29,44 @@ pub enum Command {
     Migrate,
     /// Publish one build.completed event to TAGCAST_EVENTS_EXCHANGE, as a registry would.
     Publish(crate::publish::Sample),
+    /// Look at, or replay, the messages tagcast could not process.
+    #[command(subcommand)]
+    DeadLetters(DeadLetters),
+    /// Manage the queues tagcast declares.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeadLetters {
+    /// List dead-lettered messages (they stay where they are): event_id, why, size and body.
+    List {
+        #[command(flatten)]
+        selection: crate::operate::Selection,
+        /// One JSON object per message instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead-lettered messages back on the queue they came from, for tagcast to process
+    /// again (once what made them fail is fixed).
+    Replay {
+        #[command(flatten)]
+        selection: crate::operate::Selection,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TopologyCommand {
+    /// Delete every queue of a prefix, messages included (the exchanges stay: others share
+    /// them). Asks first, unless --yes; refuses while a tagcast consumes them.
+    Delete {
+        /// The prefix whose queues go (TAGCAST_QUEUE_PREFIX of the tagcast that declared them).
+        #[arg(long)]
+        prefix: String,
+        /// Delete without asking.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// Every setting. The value names are the environment variables, so a parse error names the

@@ -12,7 +12,8 @@
 //! - **[`consumer`]**: the consume loop, generic over its stage, and the one place where an
 //!   outcome becomes ack, reject or requeue.
 //! - **[`stages`]**: the event stage and the job stage; [`sweeper`] and [`probe`] beside them.
-//! - **[`app`]**: wiring only; [`publish`], the `tagcast publish` subcommand, beside it.
+//! - **[`app`]**: wiring only; [`publish`] (`tagcast publish`) and [`operate`]
+//!   (`tagcast dead-letters`, `tagcast topology`), commands for people, beside it.
 //!
 //! # Flow
 //!
@@ -51,6 +52,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod operate;
 pub mod payload;
 pub mod probe;
 pub mod publish;

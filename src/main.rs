@@ -4,7 +4,11 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use tagcast::config::{Cli, Command, LogFormat, Misconfigured};
+use tagcast::amqp::Topology;
+use tagcast::config::{
+    Cli, Command, DeadLetters, LogFormat, Misconfigured, Settings, TopologyCommand,
+};
+use tagcast::operate;
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc: less CPU per delivery than glibc's malloc, whose calls were a large share of
@@ -56,6 +60,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 sample.namespace, sample.repository, sample.tag, s.events_exchange
             );
         }
+        Command::DeadLetters(command) => {
+            let s = &cli.settings;
+            let topology = topology(s, &s.queue_prefix);
+            match command {
+                DeadLetters::List { selection, json } => {
+                    let letters = operate::list(&s.amqp_url, &topology, &selection).await?;
+                    operate::print(&letters, json, &mut std::io::stdout().lock())?;
+                }
+                DeadLetters::Replay { selection } => {
+                    let n = operate::replay(&s.amqp_url, &topology, &selection).await?;
+                    println!("replayed {n} message(s) of {}", topology.prefix);
+                }
+            }
+        }
+        Command::Topology(TopologyCommand::Delete { prefix, yes }) => {
+            let s = &cli.settings;
+            let deleted = operate::delete_topology(&s.amqp_url, &topology(s, &prefix), yes).await?;
+            if deleted.is_empty() {
+                println!("no queues of prefix {prefix}");
+            }
+            for (queue, messages) in deleted {
+                println!("deleted {queue} ({messages} message(s))");
+            }
+        }
         Command::Run => {
             let app = tagcast::App::build(cli.settings).await?;
             app.run_until(shutdown_signal()).await?;
@@ -86,6 +114,15 @@ fn init_logging(format: LogFormat) {
             .init();
     } else {
         builder.init();
+    }
+}
+
+/// The names a tagcast with these settings declares, under `prefix`.
+fn topology(settings: &Settings, prefix: &str) -> Topology {
+    Topology {
+        prefix: prefix.to_owned(),
+        events_exchange: settings.events_exchange.clone(),
+        status_exchange: settings.status_exchange.clone(),
     }
 }
 
