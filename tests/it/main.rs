@@ -8,6 +8,7 @@ mod support;
 
 mod faults;
 mod observability;
+mod operator;
 mod pipeline;
 mod retries;
 mod security;
