@@ -208,15 +208,15 @@ impl App {
         ));
 
         // The broker task ends by itself only when the broker refused tagcast from the start.
-        let refused = tokio::select! {
+        let early = tokio::select! {
             () = shutdown => None,
             ended = &mut broker => Some(ended),
         };
-        if refused.is_none() {
+        if early.is_none() {
             tracing::info!(grace = ?s.shutdown_grace, "shutting down: no new messages; finishing what is in flight");
         }
         stop.cancel();
-        let ended = match refused {
+        let ended = match early {
             Some(ended) => ended,
             None => broker.await,
         };
