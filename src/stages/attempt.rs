@@ -148,7 +148,7 @@ fn log_outcome(
         ),
         DeliveryStatus::Retrying => tracing::info!(
             event_id = %record.event_id, delivery_id = %record.id, webhook = %record.webhook_name,
-            %url, attempt = n, reason = %reason(new), retry_in = ?retry_in.unwrap_or_default(),
+            %url, attempt = n, reason = %reason(new), retry_in = ?whole_millis(retry_in.unwrap_or_default()),
             unlogged, "retry scheduled"
         ),
         _ => tracing::info!(
@@ -156,6 +156,11 @@ fn log_outcome(
             %url, attempt = n, reason = %reason(new), unlogged, "failed"
         ),
     }
+}
+
+/// `836ms` rather than `836.475342ms`.
+fn whole_millis(d: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Why an attempt did not succeed, in words: `HTTP 503` or `connect: connection refused`.
