@@ -1,4 +1,5 @@
-//! The `tagcast` binary: parse settings, set up logging, then run, migrate, or carry out an operator command; a configuration error exits 78.
+//! The `tagcast` binary: parse settings, set up logging, then run, migrate, or carry out an
+//! operator command; a configuration error exits 78.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
