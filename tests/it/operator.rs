@@ -120,9 +120,21 @@ async fn a_delivery_a_retry_a_failure_and_a_clean_stop_are_each_one_clear_line()
         .output()
         .unwrap();
     assert!(published.status.success(), "{}", text(&published));
-    eventually("the failed line", 20 * SECOND, || async {
-        (!lines.with_message("failed").is_empty()).then_some(())
-    })
+    let invalid = Command::new(TAGCAST)
+        .args(["publish", "--event-id", "ev-ops-bad", "--tag", "not a tag"])
+        .env("TAGCAST_EVENTS_EXCHANGE", env.events_exchange())
+        .env("TAGCAST_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(invalid.status.success(), "{}", text(&invalid));
+    eventually(
+        "the failed and dead-lettered lines",
+        20 * SECOND,
+        || async {
+            let seen = |m| !lines.with_message(m).is_empty();
+            (seen("failed") && seen("dead-lettered")).then_some(())
+        },
+    )
     .await;
     let status = worker.terminate(20 * SECOND).expect("tagcast did not stop");
     assert!(status.success(), "{status:?}");
@@ -181,11 +193,26 @@ async fn a_delivery_a_retry_a_failure_and_a_clean_stop_are_each_one_clear_line()
         )
     );
 
-    // Nothing alarming on the way: no warning, no error, no dependency's chatter.
+    // The invalid event is one warning, which names it.
+    let refused = lines.with_message("dead-lettered");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["level"], "WARN");
+    assert_eq!(
+        refused[0]["span"]["event_id"], "ev-ops-bad",
+        "{}",
+        refused[0]
+    );
+    assert!(
+        refused[0]["error"].as_str().unwrap().contains("image.tag"),
+        "{}",
+        refused[0]
+    );
+    // Nothing else alarming on the way: no other warning, no error, no dependency's chatter.
     for line in lines.all() {
         let target = line["target"].as_str().unwrap_or_default();
         assert!(
-            line["level"] == "INFO" && target.starts_with("tagcast"),
+            (line["level"] == "INFO" || line["message"] == "dead-lettered")
+                && target.starts_with("tagcast"),
             "{line}"
         );
     }
