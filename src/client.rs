@@ -266,7 +266,7 @@ impl WebhookClient {
             };
         }
         if error == AttemptError::BlockedAddress {
-            return "every address of the host is not public (TAGCAST_ALLOW_TARGETS can allow one)"
+            return "no address of the host is public (TAGCAST_ALLOW_TARGETS can allow one)"
                 .to_owned();
         }
         let chain: Vec<String> = std::iter::successors(e.source(), |s| (*s).source())

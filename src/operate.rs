@@ -258,11 +258,7 @@ pub async fn delete_topology(
     topology: &Topology,
     yes: bool,
 ) -> Result<Vec<(String, u32)>, OperateError> {
-    let connection = Connection::connect(
-        amqp.expose(),
-        ConnectionProperties::default().with_connection_name("tagcast topology delete".into()),
-    )
-    .await?;
+    let (connection, channel) = open(amqp, "tagcast topology delete").await?;
     let mut present = Vec::new();
     for queue in topology.queues() {
         match depth(&connection, &queue).await? {
@@ -283,7 +279,6 @@ pub async fn delete_topology(
     if !yes {
         confirm(&topology.prefix, &present)?;
     }
-    let channel = connection.create_channel().await?;
     for (queue, _) in &present {
         channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())

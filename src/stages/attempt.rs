@@ -128,6 +128,10 @@ fn log_outcome(
     new: &NewAttempt,
     retry_in: Option<std::time::Duration>,
 ) {
+    // At a level above info the lines are off: no need to ask the limiter.
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
     let lines = match new.status {
         DeliveryStatus::Succeeded => &ctx.lines.delivered,
         DeliveryStatus::Retrying => &ctx.lines.retrying,
