@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::amqp::connection::{Broker, Channels, Refused};
 use crate::amqp::{Topology, depths};
+use crate::api::{self, ApiState};
 use crate::client::{ClientSettings, WebhookClient};
 use crate::config::{Misconfigured, STARTUP_GRACE, Settings};
 use crate::consumer::{Lane, consume};
@@ -30,12 +31,13 @@ pub struct App {
     pool: Pool,
     metrics: Metrics,
     listener: TcpListener,
+    api_listener: TcpListener,
     client: WebhookClient,
 }
 
 impl App {
     /// Connects to PostgreSQL (waiting for it if needed), applies migrations and binds the
-    /// metrics address.
+    /// metrics and API addresses.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let pool = store::connect(&settings.database_url, 16).context("TAGCAST_DATABASE_URL")?;
         store::migrate_when_reachable(&pool, STARTUP_GRACE)
@@ -50,6 +52,9 @@ impl App {
         let listener = TcpListener::bind(settings.metrics_addr)
             .await
             .with_context(|| format!("binding TAGCAST_METRICS_ADDR {}", settings.metrics_addr))?;
+        let api_listener = TcpListener::bind(settings.api_addr)
+            .await
+            .with_context(|| format!("binding TAGCAST_API_ADDR {}", settings.api_addr))?;
         let client = WebhookClient::new(&ClientSettings {
             connect_timeout: settings.http_connect_timeout,
             timeout: settings.http_timeout,
@@ -63,8 +68,92 @@ impl App {
             pool,
             metrics: Metrics::new(),
             listener,
+            api_listener,
             client,
         })
+    }
+
+    /// The address the admin API listens on (useful when configured with port 0).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_listener
+            .local_addr()
+            .unwrap_or(self.settings.api_addr)
+    }
+
+    fn api_state(&self, publisher: watch::Receiver<Option<crate::amqp::Publisher>>) -> ApiState {
+        ApiState::new(api::Shared {
+            pool: self.pool.clone(),
+            client: self.client.clone(),
+            policy: self.address_policy(),
+            publisher,
+            rotation_grace: self.settings.secret_rotation_grace,
+        })
+    }
+
+    fn address_policy(&self) -> AddressPolicy {
+        AddressPolicy {
+            allow_private: self.settings.allow_private_targets,
+            allow: self.settings.allow_targets.clone(),
+        }
+    }
+
+    fn topology(&self) -> Arc<Topology> {
+        let s = &self.settings;
+        Arc::new(Topology {
+            prefix: s.queue_prefix.clone(),
+            events_exchange: s.events_exchange.clone(),
+            status_exchange: s.status_exchange.clone(),
+        })
+    }
+
+    /// `tagcast serve-api`: the admin API alone, until `shutdown` completes. It keeps a broker
+    /// connection only to queue redeliveries, and consumes nothing.
+    pub async fn serve_api_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let health = Health::default();
+        let (publisher, current) = watch::channel(None);
+        let state = self.api_state(current);
+        let topology = self.topology();
+        let broker = Broker {
+            url: self.settings.amqp_url.clone(),
+            topology: topology.clone(),
+            event_concurrency: 1,
+            delivery_concurrency: 1,
+        };
+        let session = {
+            let (stop, metrics) = (stop.clone(), self.metrics.clone());
+            move |channels: Channels| {
+                let (stop, topology, metrics) = (stop.clone(), topology.clone(), metrics.clone());
+                async move {
+                    // Queue depths double as the sign that the connection is alive.
+                    tokio::select! {
+                        () = depths::watch(channels.depths, topology, metrics) => {}
+                        () = stop.cancelled() => {}
+                    }
+                }
+            }
+        };
+        let broker = tokio::spawn(broker.supervise(
+            health.broker.clone(),
+            self.metrics.clone(),
+            publisher,
+            stop.clone(),
+            STARTUP_GRACE,
+            session,
+        ));
+        let api_addr = self.api_addr();
+        let served = tokio::spawn(api::serve(self.api_listener, state, stop.clone()));
+        tracing::info!(api = %api_addr, "tagcast admin API started");
+        shutdown.await;
+        tracing::info!("shutting down: finishing requests in progress");
+        stop.cancel();
+        let _ = served.await;
+        if let Ok(Ok(Some(connection))) = broker.await {
+            let _ = connection.close(200, "shutdown".into()).await;
+        }
+        store::close(&self.pool);
+        tracing::info!("stopped");
+        Ok(())
     }
 
     /// The address `/metrics` listens on (useful when configured with port 0).
@@ -79,6 +168,10 @@ impl App {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let s = &self.settings;
         let metrics_addr = self.metrics_addr();
+        let api_addr = self.api_addr();
+        let topology = self.topology();
+        let (publisher, current) = watch::channel(None);
+        let api_state = self.api_state(current.clone());
         let stop = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let health = Health::default();
@@ -118,13 +211,13 @@ impl App {
             metrics.clone(),
             hard_stop.clone(),
         ));
-        let (publisher, current) = watch::channel(None);
+        background.spawn(api::serve(self.api_listener, api_state, stop.clone()));
         let mut connected = publisher.subscribe();
         let prefix = s.queue_prefix.clone();
         background.spawn(async move {
             // Started is true once events are consumed, not before.
             if connected.wait_for(Option::is_some).await.is_ok() {
-                tracing::info!(metrics = %metrics_addr, queue_prefix = %prefix, "tagcast started");
+                tracing::info!(metrics = %metrics_addr, api = %api_addr, queue_prefix = %prefix, "tagcast started");
             }
         });
         background.spawn(sweeper::run(
@@ -134,11 +227,6 @@ impl App {
             hard_stop.clone(),
         ));
 
-        let topology = Arc::new(Topology {
-            prefix: s.queue_prefix.clone(),
-            events_exchange: s.events_exchange.clone(),
-            status_exchange: s.status_exchange.clone(),
-        });
         let broker = Broker {
             url: s.amqp_url.clone(),
             topology: topology.clone(),

@@ -288,6 +288,12 @@ impl WebhookClient {
     }
 }
 
+/// A failed request's innermost cause, in plain words (the outer errors quote the URL).
+pub fn innermost(e: &reqwest::Error) -> String {
+    let last = std::iter::successors(e.source(), |s| (*s).source()).last();
+    plain(&last.map_or_else(|| "request failed".to_owned(), |s| s.to_string()))
+}
+
 /// `Connection refused (os error 111)` as `connection refused`.
 fn plain(text: &str) -> String {
     let text = match text.rfind(" (os error ") {

@@ -27,6 +27,17 @@ pub enum Command {
     Run,
     /// Apply pending migrations to TAGCAST_DATABASE_URL and exit.
     Migrate,
+    /// Serve the admin API on TAGCAST_API_ADDR alone, without consuming (scaled on its own).
+    ServeApi,
+    /// Manage API tokens, in PostgreSQL directly (the first token has to come from somewhere).
+    #[command(subcommand)]
+    Tokens(crate::cli::TokensCommand),
+    /// Manage webhooks through the admin API.
+    #[command(subcommand)]
+    Webhooks(crate::cli::WebhooksCommand),
+    /// Read access records and attempt deliveries again, through the admin API.
+    #[command(subcommand)]
+    Deliveries(crate::cli::DeliveriesCommand),
     /// Publish one build.completed event to TAGCAST_EVENTS_EXCHANGE, as a registry would.
     Publish(crate::publish::Sample),
     /// Look at, or replay, the messages tagcast could not process.
@@ -96,6 +107,21 @@ pub struct Settings {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub database_url: SecretUrl,
+
+    /// Address of the admin API (and of the console).
+    #[arg(
+        long,
+        global = true,
+        env = "TAGCAST_API_ADDR",
+        value_name = "TAGCAST_API_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub api_addr: SocketAddr,
+
+    /// How long a rotated-out webhook secret keeps signing beside the new one.
+    #[arg(long, global = true, env = "TAGCAST_SECRET_ROTATION_GRACE", value_name = "TAGCAST_SECRET_ROTATION_GRACE",
+          default_value = "24h", value_parser = duration)]
+    pub secret_rotation_grace: Duration,
 
     /// Address of /metrics, /healthz and /readyz.
     #[arg(

@@ -40,8 +40,10 @@
 //! database, not the broker, is the record of what is left to do.
 
 pub mod amqp;
+pub mod api;
 pub mod app;
 pub mod backoff;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod consumer;

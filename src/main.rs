@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use tagcast::amqp::Topology;
+use tagcast::cli::CliError;
 use tagcast::config::{
     Cli, Command, DeadLetters, LogFormat, Misconfigured, Settings, TopologyCommand,
 };
@@ -32,12 +33,23 @@ async fn main() -> ExitCode {
     init_logging(cli.settings.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => match e.downcast_ref::<Misconfigured>() {
-            Some(misconfigured) => {
+        Err(e) => match (
+            e.downcast_ref::<Misconfigured>(),
+            e.downcast_ref::<CliError>(),
+        ) {
+            (Some(misconfigured), _) => {
                 tracing::error!(setting = misconfigured.setting, "{misconfigured}");
                 ExitCode::from(EXIT_CONFIG)
             }
-            None => {
+            // A command for people: its error goes to them plainly, with what the API said.
+            (None, Some(refused)) => {
+                eprintln!("error: {refused}");
+                for (field, message) in refused.fields() {
+                    eprintln!("  {field}: {message}");
+                }
+                ExitCode::from(refused.exit_code())
+            }
+            (None, None) => {
                 tracing::error!("{e:#}");
                 ExitCode::FAILURE
             }
@@ -88,6 +100,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run => {
             let app = tagcast::App::build(cli.settings).await?;
             app.run_until(shutdown_signal()).await?;
+        }
+        Command::ServeApi => {
+            let app = tagcast::App::build(cli.settings).await?;
+            app.serve_api_until(shutdown_signal()).await?;
+        }
+        Command::Tokens(command) => {
+            let pool = tagcast::store::connect(&cli.settings.database_url, 2)?;
+            tagcast::store::migrate(&pool).await?;
+            tagcast::cli::tokens(&pool, command).await?;
+        }
+        Command::Webhooks(command) => {
+            tagcast::cli::webhooks(command, cli.settings.api_addr).await?;
+        }
+        Command::Deliveries(command) => {
+            tagcast::cli::deliveries(command, cli.settings.api_addr).await?;
         }
     }
     Ok(())

@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 /// The life of a delivery. `NotTriggered`, `Succeeded` and `Failed` are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     NotTriggered,
     Pending,
@@ -48,12 +51,6 @@ impl DeliveryStatus {
     }
 }
 
-impl serde::Serialize for DeliveryStatus {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
 /// A delivery as status events show it.
 #[derive(Debug, Clone)]
 pub struct DeliveryRecord {
@@ -87,6 +84,29 @@ pub fn delivery_id(event_id: &str, webhook_id: i64) -> Uuid {
     Uuid::new_v8(bytes)
 }
 
+/// Times as status events and the admin API write them: RFC 3339, UTC, milliseconds (`2016-11-29T04:25:47.120Z`).
+pub mod utc_millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+
+    pub fn serialize<S: serde::Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub mod option {
+        use chrono::{DateTime, Utc};
+
+        pub fn serialize<S: serde::Serializer>(
+            at: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match at {
+                Some(at) => super::serialize(at, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +124,22 @@ mod tests {
         assert_eq!(DeliveryStatus::from_sql("done"), None);
         assert!(NotTriggered.is_final() && Succeeded.is_final() && Failed.is_final());
         assert!(!Pending.is_final() && !Retrying.is_final());
+        for status in DeliveryStatus::ALL {
+            let text = serde_json::Value::from(status.as_str());
+            assert_eq!(
+                serde_json::from_value::<DeliveryStatus>(text).unwrap(),
+                status
+            );
+        }
+    }
+
+    #[test]
+    fn times_have_milliseconds_in_utc() {
+        #[derive(serde::Serialize)]
+        struct At(#[serde(with = "utc_millis")] DateTime<Utc>);
+        let at = DateTime::parse_from_rfc3339("2016-11-29T12:25:47.120456+08:00").unwrap();
+        let shown = serde_json::to_string(&At(at.with_timezone(&Utc))).unwrap();
+        assert_eq!(shown, r#""2016-11-29T04:25:47.120Z""#);
     }
 
     #[test]

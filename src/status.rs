@@ -1,11 +1,11 @@
 //! Status events (contract section 7): the message published each time a delivery becomes
 //! `not_triggered`, `retrying`, `succeeded` or `failed`.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Serialize, Serializer};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use uuid::Uuid;
 
-use crate::model::{DeliveryRecord, DeliveryStatus};
+use crate::model::{DeliveryRecord, DeliveryStatus, utc_millis};
 
 /// Field order is the contract's key order.
 #[derive(Debug, Serialize)]
@@ -23,9 +23,9 @@ pub struct StatusEvent<'a> {
     pub http_status: Option<i32>,
     pub duration_ms: Option<i32>,
     pub error: Option<&'a str>,
-    #[serde(serialize_with = "millis_opt")]
+    #[serde(serialize_with = "utc_millis::option::serialize")]
     pub next_attempt_at: Option<DateTime<Utc>>,
-    #[serde(serialize_with = "millis")]
+    #[serde(serialize_with = "utc_millis::serialize")]
     pub at: DateTime<Utc>,
 }
 
@@ -70,17 +70,6 @@ impl<'a> StatusEvent<'a> {
     pub fn to_json(&self) -> Vec<u8> {
         // Strings, numbers and formatted dates only: serialization cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
-    }
-}
-
-fn millis<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
-}
-
-fn millis_opt<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-    match at {
-        Some(at) => millis(at, s),
-        None => s.serialize_none(),
     }
 }
 

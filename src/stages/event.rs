@@ -160,9 +160,10 @@ async fn fan_out(
             // Bounds connections and buffers, hence memory, however many events are in flight.
             // The semaphore is never closed, so acquiring cannot fail.
             let _slot = ctx.inline_slots.acquire().await;
+            let secrets = webhook.signing_secrets(chrono::Utc::now());
             let target = Target {
                 url: &webhook.url,
-                secret: webhook.secret.as_deref(),
+                secret: secrets.as_deref(),
                 body: &body,
             };
             // Boxed: the attempt's state (the HTTP exchange above all) is allocated only once

@@ -280,7 +280,9 @@ pub async fn claim(pool: &Pool, id: Uuid, attempt: i32, lease: Lease) -> Result<
             AND (d.lease_until IS NULL OR d.lease_until < now())
           RETURNING ",
         record_columns!(),
-        ", w.url, w.secret, d.request_body"
+        ", w.url, ",
+        signing_secrets!(),
+        " AS secret, d.request_body"
     );
     const CURRENT: &str = concat!(
         "SELECT ",

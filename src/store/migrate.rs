@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "attempt error detail",
         include_str!("../../sql/20261202000001_attempt_error_detail.sql"),
     ),
+    (
+        20261203000001,
+        "admin api",
+        include_str!("../../sql/20261203000001_admin_api.sql"),
+    ),
 ];
 
 /// Any 64-bit key will do, as long as nothing else locks it: "tagcast" in ASCII.

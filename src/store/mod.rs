@@ -2,9 +2,21 @@
 //! records with their batched writers. PostgreSQL through `tokio-postgres`, pooled by
 //! `deadpool-postgres`; outages are waited out with `backon`.
 
+/// The SQL expression, on `webhooks w`, of the secrets that sign a request now, space-separated:
+/// the current one and, until its grace is over, the one it replaced (contract section 12).
+/// Both stages and the test endpoint sign with it.
+macro_rules! signing_secrets {
+    () => {
+        "nullif(concat_ws(' ', w.secret, \
+         CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END), '')"
+    };
+}
+
+pub mod admin;
 mod batch;
 pub mod deliveries;
 mod migrate;
+pub mod tokens;
 mod webhooks;
 
 use std::sync::Arc;
@@ -78,6 +90,16 @@ impl StoreError {
             StoreError::Batch(e) => e.db_error(),
             _ => None,
         }
+    }
+
+    /// The constraint a statement broke (a duplicate name, say), when that is the error.
+    pub fn violated_constraint(&self) -> Option<&str> {
+        let db = self.db_error()?;
+        db.code()
+            .code()
+            .starts_with("23")
+            .then(|| db.constraint())
+            .flatten()
     }
 
     /// What is wrong with `TAGCAST_DATABASE_URL`, when PostgreSQL refused it for a reason

@@ -1,11 +1,13 @@
 //! Webhook rows and the cache that spares each event a query: it is dropped on every change
 //! (LISTEN/NOTIFY) and bypassed whenever the listener is not connected, so it is never stale.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +31,8 @@ pub struct Webhook {
     pub name: String,
     pub url: String,
     pub secret: Option<String>,
+    /// The secret `secret` replaced, and when it stops signing beside it.
+    pub previous_secret: Option<(String, DateTime<Utc>)>,
     pub rule: Rule,
 }
 
@@ -58,6 +62,13 @@ impl std::fmt::Debug for Webhook {
             .field("name", &self.name)
             .field("url", &redact_url(&self.url))
             .field("secret", &self.secret.as_ref().map(|_| "REDACTED"))
+            .field(
+                "previous_secret",
+                &self
+                    .previous_secret
+                    .as_ref()
+                    .map(|(_, until)| ("REDACTED", until)),
+            )
             .field("rule", &self.rule)
             .finish()
     }
@@ -82,8 +93,31 @@ struct Inner {
 }
 
 impl Webhook {
+    /// The secrets that sign a request made at `now`, space-separated (see [`payload::sign`]):
+    /// the current one and, during its grace, the one it replaced. The cache may hold the row
+    /// past that grace, so it is judged at each request.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> Option<Cow<'_, str>> {
+        let previous = self
+            .previous_secret
+            .as_ref()
+            .filter(|(_, until)| *until > now)
+            .map(|(secret, _)| secret.as_str());
+        match (self.secret.as_deref(), previous) {
+            (Some(current), Some(previous)) => Some(Cow::Owned(format!("{current} {previous}"))),
+            (Some(only), None) | (None, Some(only)) => Some(Cow::Borrowed(only)),
+            (None, None) => None,
+        }
+    }
+
     fn from_row(row: &tokio_postgres::Row) -> Result<Webhook, StoreError> {
         let secret: Option<String> = row.try_get("secret")?;
+        let previous_secret = match (
+            row.try_get::<_, Option<String>>("previous_secret")?,
+            row.try_get::<_, Option<DateTime<Utc>>>("previous_secret_expires_at")?,
+        ) {
+            (Some(secret), Some(until)) => Some((secret, until)),
+            _ => None,
+        };
         let trigger = Trigger::from_row(
             row.try_get("trigger_type")?,
             row.try_get("trigger_expression")?,
@@ -103,6 +137,7 @@ impl Webhook {
             name: row.try_get("name")?,
             url: row.try_get("url")?,
             secret,
+            previous_secret,
             rule,
         })
     }
@@ -135,7 +170,8 @@ impl WebhookCache {
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(
-                "SELECT id, name, url, secret, trigger_type, trigger_expression, trigger_tags
+                "SELECT id, name, url, secret, previous_secret, previous_secret_expires_at, trigger_type,
+                        trigger_expression, trigger_tags
                    FROM webhooks WHERE namespace = $1 AND repository = $2 AND enabled ORDER BY id",
             )
             .await?;

@@ -241,6 +241,7 @@ fn run_until_exit(mut cmd: Command) -> Output {
     let mut child = cmd
         .arg("run")
         .env("TAGCAST_METRICS_ADDR", "127.0.0.1:0")
+        .env("TAGCAST_API_ADDR", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

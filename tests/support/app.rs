@@ -44,6 +44,7 @@ pub fn test_settings() -> Settings {
         .parse()
         .unwrap();
     s.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    s.api_addr = "127.0.0.1:0".parse().unwrap();
     s.allow_private_targets = true;
     s.retry_initial_delay = Duration::from_millis(200);
     s.retry_max_delay = Duration::from_secs(2);
@@ -66,6 +67,8 @@ pub struct TestApp {
     /// The test's own database.
     pub pg: tokio_postgres::Client,
     pub metrics_addr: SocketAddr,
+    /// The admin API.
+    pub api_addr: SocketAddr,
     amqp: Connection,
     channel: Channel,
     status: Consumer,
@@ -174,6 +177,7 @@ impl TestApp {
             pg: pg_connect(settings.database_url.expose()).await,
             settings,
             metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            api_addr: "127.0.0.1:0".parse().unwrap(),
             amqp,
             channel,
             status,
@@ -191,6 +195,7 @@ impl TestApp {
             .await
             .expect("tagcast failed to start");
         self.metrics_addr = app.metrics_addr();
+        self.api_addr = app.api_addr();
         let (tx, rx) = oneshot::channel();
         self.stop = Some(tx);
         self.task = Some(tokio::spawn(app.run_until(async move {
@@ -402,4 +407,61 @@ async fn remove(settings: &Settings) {
         &database_name(settings),
     )
     .await;
+}
+
+/// An answer of the admin API.
+#[derive(Debug)]
+pub struct ApiReply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl TestApp {
+    /// A new API token of `scope`, made as `tagcast tokens create` makes one.
+    pub async fn token(&self, name: &str, scope: tagcast::store::tokens::Scope) -> String {
+        let pool = tagcast::store::connect(&self.settings.database_url, 1).unwrap();
+        let made = tagcast::api::auth::new_token().unwrap();
+        tagcast::store::tokens::create(&pool, name, scope, &made.lookup, &made.hash)
+            .await
+            .unwrap();
+        tagcast::store::close(&pool);
+        made.token
+    }
+
+    /// Calls the admin API; `body` is sent as JSON when given.
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> ApiReply {
+        let mut request = reqwest::Client::new().request(
+            method.parse().unwrap(),
+            format!("http://{}{path}", self.api_addr),
+        );
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.expect("the admin API answers");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        ApiReply {
+            status,
+            headers,
+            body,
+        }
+    }
 }

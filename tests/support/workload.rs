@@ -164,6 +164,7 @@ impl Env {
                 "TAGCAST_METRICS_ADDR",
                 format!("127.0.0.1:{}", self.metrics_port),
             )
+            .env("TAGCAST_API_ADDR", "127.0.0.1:0")
             .env("TAGCAST_ALLOW_PRIVATE_TARGETS", "true")
             .env("TAGCAST_RETRY_INITIAL_DELAY", "250ms")
             .env("TAGCAST_RETRY_MAX_DELAY", "2s")

@@ -1,0 +1,632 @@
+//! The admin API's SQL (contract section 12): webhooks written and read whole, access records
+//! listed page by page, and deliveries opened again for another attempt.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Row;
+use tokio_postgres::types::{ToSql, Type};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Pool, StoreError, millis};
+use crate::model::{DeliveryStatus, utc_millis};
+
+/// A webhook row as the API shows it: its secret only as whether it has one.
+#[derive(Debug, Clone)]
+pub struct WebhookRow {
+    pub id: i64,
+    pub namespace: String,
+    pub repository: String,
+    pub name: String,
+    pub url: String,
+    pub trigger_type: String,
+    pub trigger_expression: Option<String>,
+    pub trigger_tags: Option<Vec<String>>,
+    pub has_secret: bool,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const WEBHOOK_COLUMNS: &str = "id, namespace, repository, name, url, trigger_type, trigger_expression, \
+     trigger_tags, secret IS NOT NULL AS has_secret, enabled, disabled_reason, created_at, updated_at";
+
+impl WebhookRow {
+    fn from_row(row: &Row) -> Result<WebhookRow, StoreError> {
+        Ok(WebhookRow {
+            id: row.try_get("id")?,
+            namespace: row.try_get("namespace")?,
+            repository: row.try_get("repository")?,
+            name: row.try_get("name")?,
+            url: row.try_get("url")?,
+            trigger_type: row.try_get("trigger_type")?,
+            trigger_expression: row.try_get("trigger_expression")?,
+            trigger_tags: row.try_get("trigger_tags")?,
+            has_secret: row.try_get("has_secret")?,
+            enabled: row.try_get("enabled")?,
+            disabled_reason: row.try_get("disabled_reason")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+/// Every field of a webhook the API writes.
+#[derive(Clone, Copy)]
+pub struct WebhookFields<'a> {
+    pub name: &'a str,
+    pub url: &'a str,
+    pub trigger_type: &'a str,
+    pub trigger_expression: Option<&'a str>,
+    pub trigger_tags: Option<&'a [String]>,
+    pub enabled: bool,
+}
+
+/// What becomes of the secret on an update.
+#[derive(Clone, Copy)]
+pub enum SecretChange<'a> {
+    Keep,
+    Set(&'a str),
+    Remove,
+}
+
+/// Why a webhook write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the repository has a webhook of that name already")]
+    NameTaken,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn write_error(e: tokio_postgres::Error) -> WriteError {
+    let e = StoreError::from(e);
+    if e.violated_constraint() == Some("webhooks_name_unique") {
+        WriteError::NameTaken
+    } else {
+        WriteError::Store(e)
+    }
+}
+
+/// A repository's webhooks, newest first, after the webhook `before` when given.
+pub async fn list_webhooks(
+    pool: &Pool,
+    namespace: &str,
+    repository: &str,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<WebhookRow>, StoreError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks
+          WHERE namespace = $1 AND repository = $2 AND ($3::bigint IS NULL OR id < $3)
+          ORDER BY id DESC LIMIT $4"
+    );
+    let rows = client
+        .query(&sql, &[&namespace, &repository, &before, &limit])
+        .await?;
+    rows.iter().map(WebhookRow::from_row).collect()
+}
+
+pub async fn get_webhook(pool: &Pool, id: i64) -> Result<Option<WebhookRow>, StoreError> {
+    let client = pool.get().await?;
+    let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1");
+    let row = client.query_opt(&sql, &[&id]).await?;
+    row.as_ref().map(WebhookRow::from_row).transpose()
+}
+
+pub async fn create_webhook(
+    pool: &Pool,
+    namespace: &str,
+    repository: &str,
+    fields: WebhookFields<'_>,
+    secret: Option<&str>,
+) -> Result<WebhookRow, WriteError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "INSERT INTO webhooks (namespace, repository, name, url, trigger_type, trigger_expression,
+                               trigger_tags, enabled, secret)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {WEBHOOK_COLUMNS}"
+    );
+    let row = client
+        .query_one(
+            &sql,
+            &[
+                &namespace,
+                &repository,
+                &fields.name,
+                &fields.url,
+                &fields.trigger_type,
+                &fields.trigger_expression,
+                &fields.trigger_tags,
+                &fields.enabled,
+                &secret,
+            ],
+        )
+        .await
+        .map_err(write_error)?;
+    Ok(WebhookRow::from_row(&row)?)
+}
+
+/// Writes every field; `enabled` set to true clears why tagcast disabled it. `None` if there is
+/// no such webhook.
+pub async fn update_webhook(
+    pool: &Pool,
+    id: i64,
+    fields: WebhookFields<'_>,
+    secret: SecretChange<'_>,
+) -> Result<Option<WebhookRow>, WriteError> {
+    let client = pool.get().await?;
+    let (keep, new_secret) = match secret {
+        SecretChange::Keep => (true, None),
+        SecretChange::Set(s) => (false, Some(s)),
+        SecretChange::Remove => (false, None),
+    };
+    let sql = format!(
+        "UPDATE webhooks SET name = $2, url = $3, trigger_type = $4, trigger_expression = $5,
+                trigger_tags = $6, enabled = $7,
+                disabled_reason = CASE WHEN $7 THEN NULL ELSE disabled_reason END,
+                disabled_at = CASE WHEN $7 THEN NULL ELSE disabled_at END,
+                secret = CASE WHEN $8 THEN secret ELSE $9 END,
+                previous_secret = CASE WHEN $8 THEN previous_secret END,
+                previous_secret_expires_at = CASE WHEN $8 THEN previous_secret_expires_at END,
+                updated_at = now()
+          WHERE id = $1 RETURNING {WEBHOOK_COLUMNS}"
+    );
+    let row = client
+        .query_opt(
+            &sql,
+            &[
+                &id,
+                &fields.name,
+                &fields.url,
+                &fields.trigger_type,
+                &fields.trigger_expression,
+                &fields.trigger_tags,
+                &fields.enabled,
+                &keep,
+                &new_secret,
+            ],
+        )
+        .await
+        .map_err(write_error)?;
+    Ok(row.as_ref().map(WebhookRow::from_row).transpose()?)
+}
+
+/// Deletes a webhook and, by cascade, its access records. False if there was none.
+pub async fn delete_webhook(pool: &Pool, id: i64) -> Result<bool, StoreError> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute("DELETE FROM webhooks WHERE id = $1", &[&id])
+        .await?
+        > 0)
+}
+
+/// Puts `secret` in place; the one it replaces keeps signing until `grace` has passed. Returns
+/// when the old one stops signing (`None`: there was none), or `None` outside if no webhook.
+pub async fn rotate_secret(
+    pool: &Pool,
+    id: i64,
+    secret: &str,
+    grace: Duration,
+) -> Result<Option<Option<DateTime<Utc>>>, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "UPDATE webhooks SET previous_secret = secret,
+                    previous_secret_expires_at = CASE WHEN secret IS NULL THEN NULL
+                                                      ELSE now() + make_interval(secs => $3) END,
+                    secret = $2, updated_at = now()
+              WHERE id = $1 RETURNING previous_secret_expires_at",
+            &[&id, &secret, &grace.as_secs_f64()],
+        )
+        .await?;
+    row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+}
+
+/// A webhook with what signing it needs: the secrets that sign now, space-separated.
+pub struct SigningWebhook {
+    pub row: WebhookRow,
+    pub signing_secrets: Option<String>,
+}
+
+pub async fn signing_webhook(pool: &Pool, id: i64) -> Result<Option<SigningWebhook>, StoreError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        concat!(
+            "SELECT {}, ",
+            signing_secrets!(),
+            " AS signing FROM webhooks w WHERE id = $1"
+        ),
+        WEBHOOK_COLUMNS
+    );
+    let Some(row) = client.query_opt(&sql, &[&id]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(SigningWebhook {
+        row: WebhookRow::from_row(&row)?,
+        signing_secrets: row.try_get("signing")?,
+    }))
+}
+
+/// Drops the replaced secrets whose grace is over. Asks first, so that a sweep with nothing to
+/// drop writes nothing (a write would make every worker reload its webhooks).
+pub async fn drop_expired_secrets(pool: &Pool) -> Result<u64, StoreError> {
+    let client = pool.get().await?;
+    let any: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM webhooks WHERE previous_secret_expires_at <= now())",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if !any {
+        return Ok(0);
+    }
+    Ok(client
+        .execute(
+            "UPDATE webhooks SET previous_secret = NULL, previous_secret_expires_at = NULL
+              WHERE previous_secret_expires_at <= now()",
+            &[],
+        )
+        .await?)
+}
+
+/// One attempt made outside the pipeline (a test), recorded as a finished access record.
+pub struct TestRecord<'a> {
+    pub id: Uuid,
+    pub event_id: &'a str,
+    pub webhook: &'a WebhookRow,
+    pub tag: &'a str,
+    pub digest: &'a str,
+    pub body: &'a str,
+    pub status: DeliveryStatus,
+    pub started_at: DateTime<Utc>,
+    pub duration: Duration,
+    pub http_status: Option<i32>,
+    pub error: Option<&'a str>,
+    pub error_detail: Option<&'a str>,
+    pub response_body: Option<&'a str>,
+}
+
+pub async fn record_test(pool: &Pool, test: &TestRecord<'_>) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    let duration_ms = millis(test.duration);
+    client
+        .execute(
+            "WITH d AS (
+                INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status,
+                                        attempts, http_status, error, request_body, occurred_at, duration_ms,
+                                        watched)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10, $11, $12, $13, false)
+                RETURNING id
+            )
+            INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status, error,
+                                           error_detail, response_body)
+            SELECT id, 1, $12, $13, $9, $10, $14, $15 FROM d",
+            &[
+                &test.id,
+                &test.event_id,
+                &test.webhook.id,
+                &test.webhook.namespace,
+                &test.webhook.repository,
+                &test.tag,
+                &test.digest,
+                &test.status.as_str(),
+                &test.http_status,
+                &test.error,
+                &test.body,
+                &test.started_at,
+                &duration_ms,
+                &test.error_detail,
+                &test.response_body,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// An access record as the API lists it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeliveryRow {
+    /// The delivery's id: the `webhook-id` header of its requests.
+    pub id: Uuid,
+    pub event_id: String,
+    pub webhook_id: i64,
+    pub webhook_name: String,
+    pub namespace: String,
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+    pub status: DeliveryStatus,
+    /// Attempts made so far.
+    pub attempts: i32,
+    /// Of the last attempt.
+    pub http_status: Option<i32>,
+    /// Of the last attempt (`timeout`, `connect`, `blocked_address`, ...).
+    pub error: Option<String>,
+    #[serde(with = "utc_millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "utc_millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: DateTime<Utc>,
+    #[serde(serialize_with = "utc_millis::option::serialize")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.webhook_id, w.name AS webhook_name, d.namespace, \
+     d.repository, d.tag, d.digest, d.status, d.attempts, d.http_status, d.error, d.created_at, \
+     d.updated_at, d.next_attempt_at";
+
+impl DeliveryRow {
+    fn from_row(row: &Row) -> Result<DeliveryRow, StoreError> {
+        let status: &str = row.try_get("status")?;
+        Ok(DeliveryRow {
+            id: row.try_get("id")?,
+            event_id: row.try_get("event_id")?,
+            webhook_id: row.try_get("webhook_id")?,
+            webhook_name: row.try_get("webhook_name")?,
+            namespace: row.try_get("namespace")?,
+            repository: row.try_get("repository")?,
+            tag: row.try_get("tag")?,
+            digest: row.try_get("digest")?,
+            status: DeliveryStatus::from_sql(status).ok_or_else(|| StoreError::Data {
+                column: "status",
+                value: status.to_owned(),
+            })?,
+            attempts: row.try_get("attempts")?,
+            http_status: row.try_get("http_status")?,
+            error: row.try_get("error")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            next_attempt_at: row.try_get("next_attempt_at")?,
+        })
+    }
+}
+
+/// One HTTP attempt of a delivery, as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AttemptRow {
+    pub attempt: i32,
+    #[serde(with = "utc_millis")]
+    #[schema(value_type = String, format = DateTime)]
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i32,
+    pub http_status: Option<i32>,
+    pub error: Option<String>,
+    /// The cause behind `error`, in words (`connection refused`).
+    pub error_detail: Option<String>,
+    /// The first 4 KiB of the response.
+    pub response_body: Option<String>,
+}
+
+/// Whose access records.
+#[derive(Debug, Clone, Copy)]
+pub enum RecordsOf<'a> {
+    Webhook(i64),
+    Repository {
+        namespace: &'a str,
+        repository: &'a str,
+    },
+}
+
+/// Which of them.
+#[derive(Debug, Clone, Default)]
+pub struct RecordFilter {
+    pub status: Option<DeliveryStatus>,
+    pub tag: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// After this (created_at, id), newest first.
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+}
+
+/// A page of access records, newest first: one range of `deliveries_webhook_newest` or
+/// `deliveries_repository_newest`, read from the cursor on.
+pub async fn list_deliveries(
+    pool: &Pool,
+    of: RecordsOf<'_>,
+    filter: &RecordFilter,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, StoreError> {
+    let status = filter.status.map(DeliveryStatus::as_str);
+    let (before_at, before_id) = filter.before.unzip();
+    let common = "($1::text IS NULL OR d.status = $1)
+                  AND ($2::text IS NULL OR d.tag = $2)
+                  AND ($3::timestamptz IS NULL OR d.created_at >= $3)
+                  AND ($4::timestamptz IS NULL OR d.created_at < $4)
+                  AND ($5::timestamptz IS NULL OR (d.created_at, d.id) < ($5, $6))";
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+        (&status, Type::TEXT),
+        (&filter.tag, Type::TEXT),
+        (&filter.since, Type::TIMESTAMPTZ),
+        (&filter.until, Type::TIMESTAMPTZ),
+        (&before_at, Type::TIMESTAMPTZ),
+        (&before_id, Type::UUID),
+        (&limit, Type::INT8),
+    ];
+    let sql = match of {
+        RecordsOf::Webhook(ref id) => {
+            params.push((id, Type::INT8));
+            format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+                  WHERE d.webhook_id = $8 AND {common}
+                  ORDER BY d.created_at DESC, d.id DESC LIMIT $7"
+            )
+        }
+        RecordsOf::Repository {
+            ref namespace,
+            ref repository,
+        } => {
+            params.push((namespace, Type::TEXT));
+            params.push((repository, Type::TEXT));
+            format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+                  WHERE d.namespace = $8 AND d.repository = $9 AND {common}
+                  ORDER BY d.created_at DESC, d.id DESC LIMIT $7"
+            )
+        }
+    };
+    let client = pool.get().await?;
+    // Typed and unnamed: planned for these values, so the filters that are not set fold away
+    // and the plan is one index range.
+    let rows = client.query_typed(&sql, &params).await?;
+    rows.iter().map(DeliveryRow::from_row).collect()
+}
+
+/// One access record with the body sent and every attempt.
+pub struct DeliveryDetail {
+    pub record: DeliveryRow,
+    pub request_body: Option<String>,
+    pub attempts: Vec<AttemptRow>,
+}
+
+pub async fn get_delivery(pool: &Pool, id: Uuid) -> Result<Option<DeliveryDetail>, StoreError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS}, d.request_body FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+          WHERE d.id = $1"
+    );
+    let Some(row) = client.query_opt(&sql, &[&id]).await? else {
+        return Ok(None);
+    };
+    let attempts = client
+        .query(
+            "SELECT attempt, started_at, duration_ms, http_status, error, error_detail, response_body
+               FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|a| {
+            Ok(AttemptRow {
+                attempt: a.try_get("attempt")?,
+                started_at: a.try_get("started_at")?,
+                duration_ms: a.try_get("duration_ms")?,
+                http_status: a.try_get("http_status")?,
+                error: a.try_get("error")?,
+                error_detail: a.try_get("error_detail")?,
+                response_body: a.try_get("response_body")?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(Some(DeliveryDetail {
+        record: DeliveryRow::from_row(&row)?,
+        request_body: row.try_get("request_body")?,
+        attempts,
+    }))
+}
+
+/// Which deliveries to attempt again.
+#[derive(Debug, Clone, Copy)]
+pub enum Reopen {
+    /// One, whatever its final status (a `not_triggered` one sent nothing and is refused).
+    One(Uuid),
+    /// Every `failed` delivery of a webhook created in `[since, until)`.
+    Failed {
+        webhook_id: i64,
+        since: DateTime<Utc>,
+        until: Option<DateTime<Utc>>,
+    },
+}
+
+/// Why one delivery was not opened again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReopened {
+    NotFound,
+    /// Its attempts are not over: it is pending or retrying.
+    InProgress,
+    NotTriggered,
+    /// Its rule could not be used: no request was ever made, so there is no body to send.
+    NothingSent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReopenError<E> {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// What `queue` failed with: nothing was opened.
+    #[error(transparent)]
+    Queue(E),
+}
+
+/// Opens finished deliveries again: each becomes `pending`, watched by the sweeper, and
+/// `queue` gets `(id, next attempt)` for each to publish its job; committed only once it
+/// succeeded. The attempt then goes the way of any retry: claimed, signed, recorded.
+pub async fn reopen<F, Fut, E>(
+    pool: &Pool,
+    which: Reopen,
+    queue: F,
+) -> Result<Result<usize, NotReopened>, ReopenError<E>>
+where
+    F: FnOnce(Vec<(Uuid, i32)>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    const SET: &str =
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), watched = true,
+                              lease_until = NULL, updated_at = now()";
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let rows = match which {
+        Reopen::One(id) => {
+            let Some(current) = tx
+                .query_opt(
+                    "SELECT status, request_body IS NOT NULL AS sent FROM deliveries WHERE id = $1 FOR UPDATE",
+                    &[&id],
+                )
+                .await
+                .map_err(StoreError::from)?
+            else {
+                return Ok(Err(NotReopened::NotFound));
+            };
+            let status: &str = current.try_get("status").map_err(StoreError::from)?;
+            let sent: bool = current.try_get("sent").map_err(StoreError::from)?;
+            match DeliveryStatus::from_sql(status) {
+                Some(DeliveryStatus::NotTriggered) => return Ok(Err(NotReopened::NotTriggered)),
+                Some(DeliveryStatus::Pending | DeliveryStatus::Retrying) => {
+                    return Ok(Err(NotReopened::InProgress));
+                }
+                _ if !sent => return Ok(Err(NotReopened::NothingSent)),
+                _ => {}
+            }
+            tx.query(
+                &format!("{SET} WHERE id = $1 RETURNING id, attempts"),
+                &[&id],
+            )
+            .await
+        }
+        Reopen::Failed {
+            webhook_id,
+            since,
+            until,
+        } => {
+            tx.query(
+                &format!(
+                    "{SET} WHERE webhook_id = $1 AND status = 'failed' AND request_body IS NOT NULL
+                        AND created_at >= $2 AND ($3::timestamptz IS NULL OR created_at < $3)
+                  RETURNING id, attempts"
+                ),
+                &[&webhook_id, &since, &until],
+            )
+            .await
+        }
+    }
+    .map_err(StoreError::from)?;
+    let jobs = rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get::<_, i32>(1)? + 1)))
+        .collect::<Result<Vec<(Uuid, i32)>, tokio_postgres::Error>>()
+        .map_err(StoreError::from)?;
+    let n = jobs.len();
+    if n > 0 {
+        queue(jobs).await.map_err(ReopenError::Queue)?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(Ok(n))
+}
