@@ -177,6 +177,10 @@ async fn webhooks_are_created_read_listed_changed_and_deleted() {
     app.teardown().await;
 }
 
+/// A request and what must come of it: (method, path, token, body, status, words the detail
+/// must hold).
+type Case<'a> = (&'a str, String, Option<&'a str>, Option<Value>, u16, &'a str);
+
 #[tokio::test]
 async fn bad_requests_get_a_problem_detail_never_a_server_error() {
     let app = TestApp::spawn().await;
@@ -199,7 +203,7 @@ async fn bad_requests_get_a_problem_detail_never_a_server_error() {
     let other = "tgc_".to_owned() + &w[4..8] + &"A".repeat(36);
 
     // (method, path, token, body, status, words the detail must hold)
-    let cases: Vec<(&str, String, Option<&str>, Option<Value>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("GET", hooks("bad"), None, None, 401, "token"),
         (
             "GET",
@@ -884,7 +888,7 @@ async fn redeliver_and_recover_reach_the_receiver_again_with_the_same_webhook_id
         (recovered.status, recovered.body.clone()),
         (202, json!({"queued": 2}))
     );
-    let mut again = vec![
+    let mut again = [
         receiver.next(5 * SECOND).await,
         receiver.next(5 * SECOND).await,
     ];
