@@ -141,13 +141,27 @@ impl App {
             STARTUP_GRACE,
             session,
         ));
-        let api_addr = self.api_addr();
-        let served = tokio::spawn(api::serve(self.api_listener, state, stop.clone()));
-        tracing::info!(api = %api_addr, "tagcast admin API started");
+        let (api_addr, metrics_addr) = (self.api_addr(), self.metrics_addr());
+        let background = TaskTracker::new();
+        background.spawn(api::serve(self.api_listener, state, stop.clone()));
+        background.spawn(http::serve(
+            self.listener,
+            self.metrics.clone(),
+            health.clone(),
+            stop.clone(),
+        ));
+        background.spawn(probe::run(
+            self.pool.clone(),
+            health,
+            self.metrics.clone(),
+            stop.clone(),
+        ));
+        tracing::info!(api = %api_addr, metrics = %metrics_addr, "tagcast admin API started");
         shutdown.await;
         tracing::info!("shutting down: finishing requests in progress");
         stop.cancel();
-        let _ = served.await;
+        background.close();
+        background.wait().await;
         if let Ok(Ok(Some(connection))) = broker.await {
             let _ = connection.close(200, "shutdown".into()).await;
         }

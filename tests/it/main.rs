@@ -7,6 +7,7 @@
 mod support;
 
 mod api;
+mod cli;
 mod faults;
 mod observability;
 mod operator;
