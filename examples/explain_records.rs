@@ -62,7 +62,10 @@ async fn main() {
         )
         .await
         .unwrap();
-    client.batch_execute("VACUUM ANALYZE deliveries").await.unwrap();
+    client
+        .batch_execute("VACUUM ANALYZE deliveries")
+        .await
+        .unwrap();
     let count: i64 = client
         .query_one("SELECT count(*) FROM deliveries", &[])
         .await
@@ -102,7 +105,11 @@ async fn main() {
         repository: "repo99",
     };
     let queries = [
-        ("a webhook's first page (limit 50)", webhook, RecordFilter::default()),
+        (
+            "a webhook's first page (limit 50)",
+            webhook,
+            RecordFilter::default(),
+        ),
         ("the page after its cursor", webhook, after),
         (
             "a repository's failed records of tag v21 in the last 7 days",

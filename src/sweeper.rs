@@ -2,6 +2,7 @@
 //! seconds one replica looks for deliveries that should have moved and have not (their job was
 //! lost: a broker crash while it waited in a delay queue, say) and queues a job for each again.
 //! Attempts are claimed in the database, so a job that was not lost after all sends nothing twice.
+//! It also drops the rotated-out webhook secrets whose grace is over.
 
 use std::time::Duration;
 
@@ -45,6 +46,11 @@ pub async fn run(
                 tracing::warn!(deliveries = n, "re-queued deliveries whose job was lost");
             }
             Err(e) => tracing::warn!(error = %e, "sweep failed; trying again later"),
+        }
+        // Rotated-out secrets stop signing when their grace ends (both stages check); here
+        // they leave the database too.
+        if let Err(e) = store::admin::drop_expired_secrets(&pool).await {
+            tracing::warn!(error = %e, "cannot drop expired webhook secrets; trying again later");
         }
     }
 }

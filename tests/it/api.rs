@@ -179,7 +179,14 @@ async fn webhooks_are_created_read_listed_changed_and_deleted() {
 
 /// A request and what must come of it: (method, path, token, body, status, words the detail
 /// must hold).
-type Case<'a> = (&'a str, String, Option<&'a str>, Option<Value>, u16, &'a str);
+type Case<'a> = (
+    &'a str,
+    String,
+    Option<&'a str>,
+    Option<Value>,
+    u16,
+    &'a str,
+);
 
 #[tokio::test]
 async fn bad_requests_get_a_problem_detail_never_a_server_error() {
@@ -780,6 +787,28 @@ async fn a_rotated_secret_signs_beside_the_new_one_for_the_grace_then_stops() {
         verifies(&after, &new) && !verifies(&after, SECRET),
         "only the new one after it"
     );
+    // And then it leaves the database (the sweeper does this every 15 seconds).
+    let pool = tagcast::store::connect(&app.settings.database_url, 1).unwrap();
+    assert_eq!(
+        tagcast::store::admin::drop_expired_secrets(&pool)
+            .await
+            .unwrap(),
+        1
+    );
+    let kept: Option<String> = app
+        .scalar(&format!(
+            "SELECT previous_secret FROM webhooks WHERE id = {id}"
+        ))
+        .await;
+    assert_eq!(kept, None);
+    assert_eq!(
+        tagcast::store::admin::drop_expired_secrets(&pool)
+            .await
+            .unwrap(),
+        0,
+        "nothing written when nothing expired"
+    );
+    tagcast::store::close(&pool);
     app.teardown().await;
 }
 

@@ -40,7 +40,12 @@ fn stderr(out: &Output) -> String {
 /// Runs a command that must succeed; its standard output.
 async fn ok(app: &TestApp, token: Option<&str>, args: &[&str]) -> String {
     let out = tagcast(app, token, args).await;
-    assert!(out.status.success(), "{args:?}: {}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
     stdout(&out)
 }
 
@@ -51,25 +56,73 @@ fn json(text: &str) -> Value {
 #[tokio::test]
 async fn tokens_are_made_listed_and_revoked_on_the_database() {
     let app = TestApp::spawn().await;
-    let token = ok(&app, None, &["tokens", "create", "--name", "ci", "--scope", "read"]).await;
+    let token = ok(
+        &app,
+        None,
+        &["tokens", "create", "--name", "ci", "--scope", "read"],
+    )
+    .await;
     let token = token.trim();
     assert!(token.starts_with("tgc_") && token.len() == 44, "{token}");
     let listed = ok(&app, None, &["tokens", "list"]).await;
-    assert!(listed.contains("ci") && listed.contains("read") && listed.contains("live"), "{listed}");
+    assert!(
+        listed.contains("ci") && listed.contains("read") && listed.contains("live"),
+        "{listed}"
+    );
     assert!(!listed.contains(token), "a token is shown once");
-    let stored: Vec<u8> = app.scalar("SELECT hash FROM api_tokens WHERE name = 'ci'").await;
+    let stored: Vec<u8> = app
+        .scalar("SELECT hash FROM api_tokens WHERE name = 'ci'")
+        .await;
     assert_eq!(stored.len(), 32, "only a hash is kept");
 
     // A second live token of that name is refused; the read token reads, and cannot write.
-    let again = tagcast(&app, None, &["tokens", "create", "--name", "ci", "--scope", "write"]).await;
+    let again = tagcast(
+        &app,
+        None,
+        &["tokens", "create", "--name", "ci", "--scope", "write"],
+    )
+    .await;
     assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
-    assert_eq!(app.api("GET", "/api/v1/repositories/a/b/webhooks", Some(token), None).await.status, 200);
-    let write = tagcast(&app, Some(token), &["webhooks", "create", "a/b", "--name", "n", "--url", "http://127.0.0.1:9/"]).await;
+    assert_eq!(
+        app.api(
+            "GET",
+            "/api/v1/repositories/a/b/webhooks",
+            Some(token),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    let write = tagcast(
+        &app,
+        Some(token),
+        &[
+            "webhooks",
+            "create",
+            "a/b",
+            "--name",
+            "n",
+            "--url",
+            "http://127.0.0.1:9/",
+        ],
+    )
+    .await;
     assert_eq!(write.status.code(), Some(4), "{}", stderr(&write));
     assert!(stderr(&write).contains("write scope"), "{}", stderr(&write));
 
     ok(&app, None, &["tokens", "revoke", "ci"]).await;
-    assert_eq!(app.api("GET", "/api/v1/repositories/a/b/webhooks", Some(token), None).await.status, 401);
+    assert_eq!(
+        app.api(
+            "GET",
+            "/api/v1/repositories/a/b/webhooks",
+            Some(token),
+            None
+        )
+        .await
+        .status,
+        401
+    );
     let listed = json(&ok(&app, None, &["tokens", "list", "--json"]).await);
     assert!(listed["revoked_at"].is_string(), "{listed}");
     let twice = tagcast(&app, None, &["tokens", "revoke", "ci"]).await;
@@ -84,20 +137,89 @@ async fn webhooks_and_deliveries_are_managed_from_the_command_line() {
     let receiver = Receiver::always(200).await;
     let w = Some(w.as_str());
 
-    let created = ok(&app, w, &["webhooks", "create", "ns/cli", "--name", "deploy", "--url", &receiver.url("/d?secret=q"),
-                                "--tags", "latest,v1", "--generate-secret"]).await;
-    assert!(created.contains("deploy") && created.contains("tags latest,v1"), "{created}");
-    assert!(created.contains("?REDACTED") && !created.contains("secret=q"), "a table hides the query: {created}");
-    assert!(created.contains("secret (shown only now): whsec_"), "{created}");
-    let made = json(&ok(&app, w, &["webhooks", "create", "ns/cli", "--name", "rel", "--url", &receiver.url("/r"),
-                                   "--expression", "release-.*", "--json"]).await);
+    let created = ok(
+        &app,
+        w,
+        &[
+            "webhooks",
+            "create",
+            "ns/cli",
+            "--name",
+            "deploy",
+            "--url",
+            &receiver.url("/d?secret=q"),
+            "--tags",
+            "latest,v1",
+            "--generate-secret",
+        ],
+    )
+    .await;
+    assert!(
+        created.contains("deploy") && created.contains("tags latest,v1"),
+        "{created}"
+    );
+    assert!(
+        created.contains("?REDACTED") && !created.contains("secret=q"),
+        "a table hides the query: {created}"
+    );
+    assert!(
+        created.contains("secret (shown only now): whsec_"),
+        "{created}"
+    );
+    let made = json(
+        &ok(
+            &app,
+            w,
+            &[
+                "webhooks",
+                "create",
+                "ns/cli",
+                "--name",
+                "rel",
+                "--url",
+                &receiver.url("/r"),
+                "--expression",
+                "release-.*",
+                "--json",
+            ],
+        )
+        .await,
+    );
     let rel = made["id"].as_i64().unwrap().to_string();
     assert_eq!(made["trigger"]["expression"], "release-.*");
     let listed = ok(&app, w, &["webhooks", "list", "ns/cli"]).await;
-    assert_eq!(listed.lines().count(), 3, "a header and two webhooks: {listed}");
-    assert!(ok(&app, w, &["webhooks", "get", &rel]).await.contains("expression release-.*"));
-    let disabled = json(&ok(&app, w, &["webhooks", "update", &rel, "--disable", "--all-tags", "--json"]).await);
-    assert_eq!((disabled["enabled"].as_bool(), disabled["trigger"]["type"].as_str()), (Some(false), Some("all")));
+    assert_eq!(
+        listed.lines().count(),
+        3,
+        "a header and two webhooks: {listed}"
+    );
+    assert!(
+        ok(&app, w, &["webhooks", "get", &rel])
+            .await
+            .contains("expression release-.*")
+    );
+    let disabled = json(
+        &ok(
+            &app,
+            w,
+            &[
+                "webhooks",
+                "update",
+                &rel,
+                "--disable",
+                "--all-tags",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        (
+            disabled["enabled"].as_bool(),
+            disabled["trigger"]["type"].as_str()
+        ),
+        (Some(false), Some("all"))
+    );
     let tested = ok(&app, w, &["webhooks", "test", &rel]).await;
     assert!(tested.starts_with("succeeded http_status=200"), "{tested}");
     receiver.next(5 * SECOND).await;
@@ -107,45 +229,160 @@ async fn webhooks_and_deliveries_are_managed_from_the_command_line() {
     receiver.next(5 * SECOND).await;
     app.next_status(10 * SECOND).await;
     let records = ok(&app, w, &["deliveries", "list", "ns/cli"]).await;
-    assert!(records.contains("succeeded") && records.contains("latest") && records.contains("deploy"), "{records}");
-    let page = json(&ok(&app, w, &["deliveries", "list", "--webhook", &rel, "--json"]).await);
+    assert!(
+        records.contains("succeeded") && records.contains("latest") && records.contains("deploy"),
+        "{records}"
+    );
+    let page = json(
+        &ok(
+            &app,
+            w,
+            &["deliveries", "list", "--webhook", &rel, "--json"],
+        )
+        .await,
+    );
     assert_eq!(page["data"][0]["tag"], "test", "only its test record");
-    let page = json(&ok(&app, w, &["deliveries", "list", "ns/cli", "--status", "succeeded", "--tag", "latest", "--json"]).await);
+    let page = json(
+        &ok(
+            &app,
+            w,
+            &[
+                "deliveries",
+                "list",
+                "ns/cli",
+                "--status",
+                "succeeded",
+                "--tag",
+                "latest",
+                "--json",
+            ],
+        )
+        .await,
+    );
     let id = page["data"][0]["id"].as_str().unwrap().to_owned();
     let shown = ok(&app, w, &["deliveries", "get", &id]).await;
-    assert!(shown.contains("request_body") && shown.contains("thanks"), "{shown}");
-    assert!(ok(&app, w, &["deliveries", "redeliver", &id]).await.contains("queued"));
+    assert!(
+        shown.contains("request_body") && shown.contains("thanks"),
+        "{shown}"
+    );
+    assert!(
+        ok(&app, w, &["deliveries", "redeliver", &id])
+            .await
+            .contains("queued")
+    );
     let again = receiver.next(5 * SECOND).await;
     assert_eq!(again.header("webhook-id"), id);
     let deploy = page["data"][0]["webhook_id"].to_string();
-    let recovered = ok(&app, w, &["deliveries", "recover", "--webhook", &deploy, "--since", "2026-01-01T00:00:00Z"]).await;
-    assert!(recovered.contains("queued 0"), "nothing failed: {recovered}");
+    let recovered = ok(
+        &app,
+        w,
+        &[
+            "deliveries",
+            "recover",
+            "--webhook",
+            &deploy,
+            "--since",
+            "2026-01-01T00:00:00Z",
+        ],
+    )
+    .await;
+    assert!(
+        recovered.contains("queued 0"),
+        "nothing failed: {recovered}"
+    );
 
     // What a script branches on: the exit status, with the server's problem on stderr.
     let missing = tagcast(&app, w, &["webhooks", "get", "999999"]).await;
     assert_eq!(missing.status.code(), Some(3));
-    assert!(stderr(&missing).contains("no webhook has id 999999"), "{}", stderr(&missing));
-    let invalid = tagcast(&app, w, &["webhooks", "create", "ns/cli", "--name", "bad name", "--url", "ftp://x", "--tags", "a b"]).await;
+    assert!(
+        stderr(&missing).contains("no webhook has id 999999"),
+        "{}",
+        stderr(&missing)
+    );
+    let invalid = tagcast(
+        &app,
+        w,
+        &[
+            "webhooks", "create", "ns/cli", "--name", "bad name", "--url", "ftp://x", "--tags",
+            "a b",
+        ],
+    )
+    .await;
     assert_eq!(invalid.status.code(), Some(2));
     for field in ["name:", "url:", "trigger.tags[0]:"] {
-        assert!(stderr(&invalid).contains(field), "{field} in {}", stderr(&invalid));
+        assert!(
+            stderr(&invalid).contains(field),
+            "{field} in {}",
+            stderr(&invalid)
+        );
     }
-    let taken = tagcast(&app, w, &["webhooks", "create", "ns/cli", "--name", "deploy", "--url", "http://127.0.0.1:9/"]).await;
+    let taken = tagcast(
+        &app,
+        w,
+        &[
+            "webhooks",
+            "create",
+            "ns/cli",
+            "--name",
+            "deploy",
+            "--url",
+            "http://127.0.0.1:9/",
+        ],
+    )
+    .await;
     assert_eq!(taken.status.code(), Some(2), "409: {}", stderr(&taken));
-    assert_eq!(tagcast(&app, Some("tgc_wrong"), &["webhooks", "list", "ns/cli"]).await.status.code(), Some(4));
-    assert_eq!(tagcast(&app, None, &["webhooks", "list", "ns/cli"]).await.status.code(), Some(4));
-    assert_eq!(tagcast(&app, w, &["webhooks", "list", "no-slash"]).await.status.code(), Some(2));
+    assert_eq!(
+        tagcast(&app, Some("tgc_wrong"), &["webhooks", "list", "ns/cli"])
+            .await
+            .status
+            .code(),
+        Some(4)
+    );
+    assert_eq!(
+        tagcast(&app, None, &["webhooks", "list", "ns/cli"])
+            .await
+            .status
+            .code(),
+        Some(4)
+    );
+    assert_eq!(
+        tagcast(&app, w, &["webhooks", "list", "no-slash"])
+            .await
+            .status
+            .code(),
+        Some(2)
+    );
     let unreachable = tokio::process::Command::new(TAGCAST)
-        .args(["webhooks", "list", "ns/cli", "--api-url", "http://127.0.0.1:9"])
+        .args([
+            "webhooks",
+            "list",
+            "ns/cli",
+            "--api-url",
+            "http://127.0.0.1:9",
+        ])
         .env("TAGCAST_API_TOKEN", "tgc_x")
         .output()
         .await
         .unwrap();
     assert_eq!(unreachable.status.code(), Some(1));
-    assert!(stderr(&unreachable).contains("cannot reach the admin API"), "{}", stderr(&unreachable));
+    assert!(
+        stderr(&unreachable).contains("cannot reach the admin API"),
+        "{}",
+        stderr(&unreachable)
+    );
 
-    assert!(ok(&app, w, &["webhooks", "delete", &rel]).await.contains("deleted webhook"));
-    assert_eq!(tagcast(&app, w, &["webhooks", "get", &rel]).await.status.code(), Some(3));
+    assert!(
+        ok(&app, w, &["webhooks", "delete", &rel])
+            .await
+            .contains("deleted webhook")
+    );
+    assert_eq!(
+        tagcast(&app, w, &["webhooks", "get", &rel])
+            .await
+            .status
+            .code(),
+        Some(3)
+    );
     app.teardown().await;
 }
 
@@ -154,7 +391,11 @@ async fn serve_api_answers_alone_and_consumes_nothing() {
     let mut app = TestApp::spawn().await;
     let token = app.token("ops", Scope::Read).await;
     app.stop().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let s = &app.settings;
     let mut child = Command::new(TAGCAST)
         .arg("serve-api")
@@ -170,7 +411,10 @@ async fn serve_api_answers_alone_and_consumes_nothing() {
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     eventually("serve-api up", 20 * SECOND, || async {
-        reqwest::get(format!("{base}/healthz")).await.ok().filter(|r| r.status() == 200)
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .ok()
+            .filter(|r| r.status() == 200)
     })
     .await;
     let listed = reqwest::Client::new()
@@ -180,10 +424,22 @@ async fn serve_api_answers_alone_and_consumes_nothing() {
         .await
         .unwrap();
     assert_eq!(listed.status(), 200);
-    app.insert_webhook_for("ns", "alone", "h", "http://127.0.0.1:9/", crate::support::app::Trigger::All, None).await;
+    app.insert_webhook_for(
+        "ns",
+        "alone",
+        "h",
+        "http://127.0.0.1:9/",
+        crate::support::app::Trigger::All,
+        None,
+    )
+    .await;
     app.publish_event(&event_for("ns", "alone", "latest")).await;
     tokio::time::sleep(2 * SECOND).await;
-    assert_eq!(app.queue_messages("events").await.len(), 1, "the event waits: nothing consumed it");
+    assert_eq!(
+        app.queue_messages("events").await.len(),
+        1,
+        "the event waits: nothing consumed it"
+    );
 
     // SIGTERM: it stops, exit 0.
     let _ = Command::new("kill").arg(child.id().to_string()).status();
