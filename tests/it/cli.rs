@@ -386,6 +386,16 @@ async fn webhooks_and_deliveries_are_managed_from_the_command_line() {
     app.teardown().await;
 }
 
+/// A child process that does not outlive a failed test.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test]
 async fn serve_api_answers_alone_and_consumes_nothing() {
     let mut app = TestApp::spawn().await;
@@ -397,18 +407,20 @@ async fn serve_api_answers_alone_and_consumes_nothing() {
         .unwrap()
         .port();
     let s = &app.settings;
-    let mut child = Command::new(TAGCAST)
-        .arg("serve-api")
-        .env("TAGCAST_DATABASE_URL", s.database_url.expose())
-        .env("TAGCAST_QUEUE_PREFIX", &s.queue_prefix)
-        .env("TAGCAST_EVENTS_EXCHANGE", &s.events_exchange)
-        .env("TAGCAST_STATUS_EXCHANGE", &s.status_exchange)
-        .env("TAGCAST_API_ADDR", format!("127.0.0.1:{port}"))
-        .env("TAGCAST_METRICS_ADDR", "127.0.0.1:0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Killed(
+        Command::new(TAGCAST)
+            .arg("serve-api")
+            .env("TAGCAST_DATABASE_URL", s.database_url.expose())
+            .env("TAGCAST_QUEUE_PREFIX", &s.queue_prefix)
+            .env("TAGCAST_EVENTS_EXCHANGE", &s.events_exchange)
+            .env("TAGCAST_STATUS_EXCHANGE", &s.status_exchange)
+            .env("TAGCAST_API_ADDR", format!("127.0.0.1:{port}"))
+            .env("TAGCAST_METRICS_ADDR", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let base = format!("http://127.0.0.1:{port}");
     eventually("serve-api up", 20 * SECOND, || async {
         reqwest::get(format!("{base}/healthz"))
@@ -442,10 +454,10 @@ async fn serve_api_answers_alone_and_consumes_nothing() {
     );
 
     // SIGTERM: it stops, exit 0.
-    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = Command::new("kill").arg(child.0.id().to_string()).status();
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "serve-api did not stop");
