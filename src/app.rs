@@ -58,10 +58,7 @@ impl App {
         let client = WebhookClient::new(&ClientSettings {
             connect_timeout: settings.http_connect_timeout,
             timeout: settings.http_timeout,
-            policy: AddressPolicy {
-                allow_private: settings.allow_private_targets,
-                allow: settings.allow_targets.clone(),
-            },
+            policy: address_policy(&settings),
         })?;
         Ok(App {
             settings,
@@ -84,17 +81,10 @@ impl App {
         ApiState::new(api::Shared {
             pool: self.pool.clone(),
             client: self.client.clone(),
-            policy: self.address_policy(),
+            policy: address_policy(&self.settings),
             publisher,
             rotation_grace: self.settings.secret_rotation_grace,
         })
-    }
-
-    fn address_policy(&self) -> AddressPolicy {
-        AddressPolicy {
-            allow_private: self.settings.allow_private_targets,
-            allow: self.settings.allow_targets.clone(),
-        }
     }
 
     fn topology(&self) -> Arc<Topology> {
@@ -350,5 +340,13 @@ impl App {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// What the address guard lets through: for deliveries, and for the URLs the API accepts.
+fn address_policy(settings: &Settings) -> AddressPolicy {
+    AddressPolicy {
+        allow_private: settings.allow_private_targets,
+        allow: settings.allow_targets.clone(),
     }
 }

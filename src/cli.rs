@@ -225,6 +225,10 @@ pub enum CliError {
     Usage(String),
     #[error("TAGCAST_API_TOKEN is not set (make one with `tagcast tokens create`)")]
     NoToken,
+    #[error("no live token is named {0:?}")]
+    NoSuchToken(String),
+    #[error("cannot build an HTTP client: {0}")]
+    Client(reqwest::Error),
     #[error("cannot reach the admin API at {url}: {reason}")]
     Unreachable { url: String, reason: String },
     /// The API answered with a problem detail.
@@ -251,6 +255,7 @@ impl CliError {
         match self {
             CliError::Usage(_) | CliError::Token(tokens::CreateError::NameTaken(_)) => 2,
             CliError::NoToken => 4,
+            CliError::NoSuchToken(_) => 3,
             CliError::Refused { status, .. } => match status {
                 404 => 3,
                 401 | 403 => 4,
@@ -320,11 +325,7 @@ pub async fn tokens(pool: &Pool, command: TokensCommand) -> Result<(), CliError>
         }
         TokensCommand::Revoke { name } => {
             if !tokens::revoke(pool, &name).await? {
-                return Err(CliError::Refused {
-                    status: 404,
-                    detail: format!("no live token is named {name:?}"),
-                    fields: vec![],
-                });
+                return Err(CliError::NoSuchToken(name));
             }
             writeln!(out, "revoked {name}")?;
         }
@@ -352,7 +353,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .user_agent(concat!("tagcast-cli/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| CliError::Usage(format!("cannot build an HTTP client: {e}")))?;
+            .map_err(CliError::Client)?;
         Ok(Client {
             http,
             base: base.trim_end_matches('/').to_owned(),
@@ -907,6 +908,7 @@ mod tests {
             (refused(403), 4),
             (refused(503), 1),
             (CliError::NoToken, 4),
+            (CliError::NoSuchToken(String::new()), 3),
             (CliError::Usage(String::new()), 2),
             (
                 CliError::Unreachable {

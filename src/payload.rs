@@ -7,7 +7,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::events::BuildEvent;
+use crate::events::{BuildEvent, Repository};
 
 #[derive(Serialize)]
 struct Notification<'a> {
@@ -63,6 +63,40 @@ pub fn render(event: &BuildEvent) -> String {
     };
     // Serializing plain strings into a String cannot fail.
     serde_json::to_string(&notification).unwrap_or_default()
+}
+
+/// The repository a body that [`render`] made names, as an event would carry it: for a test
+/// notification, which has no event, to describe the repository as the registry last did.
+/// `date_created` comes back in UTC with the same wall-clock time, so it renders the same.
+pub fn repository_of(body: &str) -> Option<Repository> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        repository: Stored,
+    }
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        date_created: String,
+        name: String,
+        namespace: String,
+        region: String,
+        repo_authentication_type: String,
+        repo_origin_type: String,
+        repo_type: String,
+    }
+    let r = serde_json::from_str::<Body>(body).ok()?.repository;
+    let date_created = chrono::NaiveDateTime::parse_from_str(&r.date_created, "%Y-%m-%d %H:%M:%S")
+        .ok()?
+        .and_utc()
+        .fixed_offset();
+    Some(Repository {
+        namespace: r.namespace,
+        name: r.name,
+        region: r.region,
+        date_created,
+        repo_authentication_type: r.repo_authentication_type,
+        repo_origin_type: r.repo_origin_type,
+        repo_type: r.repo_type,
+    })
 }
 
 /// A secret that cannot be used to sign; the delivery fails rather than go out unsigned.
@@ -127,6 +161,26 @@ mod tests {
             r#""repo_origin_type":"NO_CERTIFIED","repo_type":"PUBLIC"}}"#
         );
         assert_eq!(render(&spec_event()), expected);
+    }
+
+    #[test]
+    fn a_rendered_repository_reads_back_and_renders_the_same() {
+        let event = spec_event();
+        let body = render(&event);
+        let repository = repository_of(&body).unwrap();
+        assert_eq!(repository.region, "cn-hangzhou");
+        assert_eq!(
+            repository.date_created.to_rfc3339(),
+            "2016-10-28T21:31:42+00:00"
+        );
+        let again = render(&BuildEvent {
+            repository,
+            ..event
+        });
+        assert_eq!(again, body);
+        for broken in ["", "{}", r#"{"repository":{"name":"x"}}"#, "not json"] {
+            assert!(repository_of(broken).is_none(), "{broken}");
+        }
     }
 
     #[test]

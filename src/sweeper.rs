@@ -6,11 +6,10 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::{AmqpError, Job, Publisher, confirmed};
+use crate::amqp::{AmqpError, Publisher};
 use crate::metrics::Metrics;
 use crate::store::{self, Pool, StoreError};
 
@@ -67,18 +66,8 @@ enum SweepError {
 /// broker confirmed them all.
 async fn sweep(pool: &Pool, publisher: &Publisher) -> Result<usize, SweepError> {
     store::deliveries::requeue_overdue(pool, OVERDUE, BATCH, |overdue| async move {
-        let now = Utc::now();
-        let mut pending = Vec::with_capacity(overdue.len());
-        for (delivery_id, attempts) in overdue {
-            let job = Job {
-                delivery_id,
-                attempt: attempts + 1,
-                not_before: now,
-            };
-            pending.push(publisher.job(&job, now).await?);
-        }
-        confirmed(pending).await?;
-        Ok::<_, SweepError>(())
+        let next = overdue.into_iter().map(|(id, attempts)| (id, attempts + 1));
+        publisher.jobs_now(next).await.map_err(SweepError::from)
     })
     .await
 }

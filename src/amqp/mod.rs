@@ -247,6 +247,25 @@ impl Publisher {
         self.publish("", &queue, &body).await
     }
 
+    /// Queues each `(delivery, attempt)` as a job due now and waits until the broker confirmed
+    /// them all: for work that a database change is waiting on to commit.
+    pub async fn jobs_now(
+        &self,
+        jobs: impl IntoIterator<Item = (Uuid, i32)>,
+    ) -> Result<(), AmqpError> {
+        let now = Utc::now();
+        let mut pending = Vec::new();
+        for (delivery_id, attempt) in jobs {
+            let job = Job {
+                delivery_id,
+                attempt,
+                not_before: now,
+            };
+            pending.push(self.job(&job, now).await?);
+        }
+        confirmed(pending).await
+    }
+
     /// Sends a status event to the status exchange with routing key `delivery.<status>`.
     pub async fn status(&self, routing_key: &str, body: &[u8]) -> Result<Pending, AmqpError> {
         let exchange = self.topology.status_exchange.clone();

@@ -7,6 +7,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use chrono::Utc;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
@@ -91,7 +92,10 @@ async fn caller(parts: &Parts, state: &ApiState) -> Result<(String, Scope), ApiE
         .await?
         .filter(|stored| matches(token, &stored.hash))
         .ok_or(ApiError::Unauthorized)?;
-    if let Err(e) = tokens::touch(&state.pool, stored.id).await {
+    let stale = stored
+        .last_used_at
+        .is_none_or(|at| Utc::now() - at >= tokens::TOUCH_EVERY);
+    if stale && let Err(e) = tokens::touch(&state.pool, stored.id).await {
         // Only the last-used time is lost: the request itself may go on.
         tracing::warn!(error = %e, token = %stored.name, "cannot note the token's use");
     }

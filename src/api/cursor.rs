@@ -48,6 +48,17 @@ impl Cursor {
     }
 }
 
+/// Cuts `rows`, read with one more than `limit`, to the page, and says where the next page
+/// starts: after the page's last row, if that one more was there.
+pub fn cut<T>(rows: &mut Vec<T>, limit: i64, position: impl Fn(&T) -> Cursor) -> Option<String> {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    if rows.len() <= limit {
+        return None;
+    }
+    rows.truncate(limit);
+    rows.last().map(|last| position(last).encode())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +76,22 @@ mod tests {
             &B64.encode("q5"),
         ] {
             assert_eq!(Cursor::decode(raw), Err(BadCursor), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_page_has_a_next_cursor_only_when_one_more_row_was_read() {
+        let cases: [(usize, i64, usize, Option<i64>); 4] = [
+            (0, 3, 0, None),
+            (3, 3, 3, None),
+            (4, 3, 3, Some(2)),
+            (1, 0, 0, None),
+        ];
+        for (read, limit, kept, next) in cases {
+            let mut rows: Vec<i64> = (0..read as i64).collect();
+            let cursor = cut(&mut rows, limit, |&id| Cursor::Webhook(id));
+            assert_eq!(rows.len(), kept, "{read} rows, limit {limit}");
+            assert_eq!(cursor, next.map(|id| Cursor::Webhook(id).encode()));
         }
     }
 

@@ -9,11 +9,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::{Reader, Writer};
-use super::cursor::Cursor;
+use super::cursor::{self, Cursor};
 use super::problem::{ApiError, Problem};
 use super::webhooks::{RepositoryPath, check_repository};
-use super::{ApiState, Body, PathOf, QueryOf, page_limit};
-use crate::amqp::{Job, confirmed};
+use super::{ApiState, Body, PathOf, QueryOf, page_limit, page_start};
 use crate::model::DeliveryStatus;
 use crate::store::admin::{
     self, AttemptRow, DeliveryRow, NotReopened, RecordFilter, RecordsOf, Reopen, ReopenError,
@@ -79,21 +78,10 @@ async fn page(
     query: RecordQuery,
 ) -> Result<DeliveryPage, ApiError> {
     let limit = page_limit(query.limit)?;
-    let before = match query
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(Cursor::decode)
-        .transpose()
-    {
-        Ok(None) => None,
-        Ok(Some(Cursor::Delivery(at, id))) => Some((at, id)),
-        Ok(Some(_)) | Err(_) => {
-            return Err(ApiError::BadRequest(
-                "cursor: not one this list handed out".into(),
-            ));
-        }
-    };
+    let before = page_start(query.cursor.as_deref(), |c| match c {
+        Cursor::Delivery(at, id) => Some((at, id)),
+        Cursor::Webhook(_) => None,
+    })?;
     if let (Some(since), Some(until)) = (query.since, query.until)
         && until < since
     {
@@ -107,13 +95,7 @@ async fn page(
         before,
     };
     let mut rows = admin::list_deliveries(&state.pool, of, &filter, limit + 1).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last()
-            .map(|r| Cursor::Delivery(r.created_at, r.id).encode())
-    } else {
-        None
-    };
+    let next_cursor = cursor::cut(&mut rows, limit, |r| Cursor::Delivery(r.created_at, r.id));
     Ok(DeliveryPage {
         data: rows,
         next_cursor,
@@ -196,17 +178,7 @@ async fn reopen(state: &ApiState, which: Reopen) -> Result<Result<usize, NotReop
         )
     })?;
     let queued = admin::reopen(&state.pool, which, |jobs| async move {
-        let now = Utc::now();
-        let mut pending = Vec::with_capacity(jobs.len());
-        for (delivery_id, attempt) in jobs {
-            let job = Job {
-                delivery_id,
-                attempt,
-                not_before: now,
-            };
-            pending.push(publisher.job(&job, now).await?);
-        }
-        confirmed(pending).await
+        publisher.jobs_now(jobs).await
     })
     .await;
     match queued {
@@ -273,7 +245,6 @@ pub async fn redeliver(
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]

@@ -114,6 +114,22 @@ pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
+/// `?cursor=` of a list: absent or empty is the first page; `pick` takes the position out of a
+/// cursor of this list's kind, and any other cursor is refused.
+pub fn page_start<T>(
+    raw: Option<&str>,
+    pick: impl FnOnce(cursor::Cursor) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
+    let refused = || ApiError::BadRequest("cursor: not one this list handed out".into());
+    match raw.filter(|c| !c.is_empty()) {
+        None => Ok(None),
+        Some(raw) => {
+            let cursor = cursor::Cursor::decode(raw).map_err(|_| refused())?;
+            pick(cursor).map(Some).ok_or_else(refused)
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(

@@ -41,8 +41,6 @@ pub enum ApiError {
     Conflict(String),
     #[error("the body is larger than 64 KiB")]
     TooLarge,
-    #[error("the body is not application/json")]
-    UnsupportedMediaType,
     #[error("{}", shown(.0))]
     Invalid(Vec<FieldError>),
     /// RabbitMQ is not connected: work cannot be queued now.
@@ -66,7 +64,6 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
@@ -115,7 +112,10 @@ impl IntoResponse for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
         match rejection {
-            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            // A body the contract reads as "not JSON": 400, like one that does not parse.
+            JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest(
+                "the body must be sent as Content-Type: application/json".into(),
+            ),
             r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
             // serde's own words, which name the field: "unknown field `colour`", "name: invalid
             // type: integer `5`, expected a string".

@@ -11,16 +11,17 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::{Reader, Writer, random};
-use super::cursor::Cursor;
+use super::cursor::{self, Cursor};
 use super::problem::{ApiError, Problem};
 use super::validate::{self, FieldError, TriggerRule};
-use super::{ApiState, Body, PathOf, QueryOf, page_limit};
+use super::{ApiState, Body, PathOf, QueryOf, page_limit, page_start};
 use crate::events::{BuildEvent, Repository};
 use crate::model::{DeliveryStatus, delivery_id, utc_millis};
 use crate::payload;
 use crate::retry::{Verdict, classify};
 use crate::store::admin::{
-    self, SecretChange, SigningWebhook, TestRecord, WebhookFields, WebhookRow, WriteError,
+    self, SecretChange, SigningWebhook, TestRecord, WebhookFields, WebhookPatch, WebhookRow,
+    WriteError,
 };
 
 /// A webhook as the API shows it.
@@ -217,28 +218,12 @@ pub async fn list(
 ) -> Result<axum::Json<WebhookPage>, ApiError> {
     check_repository(&path)?;
     let limit = page_limit(query.limit)?;
-    let before = match query
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(Cursor::decode)
-        .transpose()
-    {
-        Ok(None) => None,
-        Ok(Some(Cursor::Webhook(id))) => Some(id),
-        Ok(Some(_)) | Err(_) => {
-            return Err(ApiError::BadRequest(
-                "cursor: not one this list handed out".into(),
-            ));
-        }
-    };
+    let before = page_start(query.cursor.as_deref(), |c| match c {
+        Cursor::Webhook(id) => Some(id),
+        Cursor::Delivery(..) => None,
+    })?;
     let mut rows = admin::list_webhooks(&state.pool, &path.0, &path.1, before, limit + 1).await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| Cursor::Webhook(r.id).encode())
-    } else {
-        None
-    };
+    let next_cursor = cursor::cut(&mut rows, limit, |r| Cursor::Webhook(r.id));
     Ok(axum::Json(WebhookPage {
         data: rows.into_iter().map(Webhook::from).collect(),
         next_cursor,
@@ -255,7 +240,6 @@ pub async fn list(
         (status = 403, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
@@ -283,13 +267,10 @@ pub async fn create(
         return Err(ApiError::Invalid(errors));
     }
     let made = new.generate_secret.then(generate_secret).transpose()?;
-    let (trigger_type, trigger_expression, trigger_tags) = validate::columns(&trigger);
     let fields = WebhookFields {
         name: &new.name,
         url: &new.url,
-        trigger_type,
-        trigger_expression,
-        trigger_tags,
+        trigger: validate::columns(&trigger),
         enabled: new.enabled.unwrap_or(true),
     };
     let secret = made.as_deref().or(new.secret.as_deref());
@@ -339,7 +320,6 @@ pub async fn get(
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update(
@@ -348,9 +328,6 @@ pub async fn update(
     PathOf(id): PathOf<i64>,
     Body(change): Body<WebhookChange>,
 ) -> Result<axum::Json<Webhook>, ApiError> {
-    let current = admin::get_webhook(&state.pool, id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
     let mut errors = Vec::new();
     if let Some(name) = &change.name {
         check(&mut errors, "name", validate::name(name));
@@ -381,23 +358,11 @@ pub async fn update(
         return Err(ApiError::Invalid(errors));
     }
     let made = change.generate_secret.then(generate_secret).transpose()?;
-    let trigger = change.trigger.unwrap_or_else(|| {
-        validate::from_columns(
-            &current.trigger_type,
-            current.trigger_expression.clone(),
-            current.trigger_tags.clone(),
-        )
-    });
-    let (trigger_type, trigger_expression, trigger_tags) = validate::columns(&trigger);
-    let name = change.name.unwrap_or(current.name);
-    let url = change.url.unwrap_or(current.url);
-    let fields = WebhookFields {
-        name: &name,
-        url: &url,
-        trigger_type,
-        trigger_expression,
-        trigger_tags,
-        enabled: change.enabled.unwrap_or(current.enabled),
+    let patch = WebhookPatch {
+        name: change.name.as_deref(),
+        url: change.url.as_deref(),
+        trigger: change.trigger.as_ref().map(validate::columns),
+        enabled: change.enabled,
     };
     let secret = match (&made, &change.secret) {
         (Some(made), _) => SecretChange::Set(made),
@@ -405,10 +370,12 @@ pub async fn update(
         (None, Some(None)) => SecretChange::Remove,
         (None, None) => SecretChange::Keep,
     };
-    let row = match admin::update_webhook(&state.pool, id, fields, secret).await {
+    let row = match admin::update_webhook(&state.pool, id, patch, secret).await {
         Ok(Some(row)) => row,
         Ok(None) => return Err(not_found(id)),
-        Err(WriteError::NameTaken) => return Err(name_taken(&name)),
+        Err(WriteError::NameTaken) => {
+            return Err(name_taken(change.name.as_deref().unwrap_or_default()));
+        }
         Err(WriteError::Store(e)) => return Err(e.into()),
     };
     tracing::info!(token = %who.name, action = "webhook.update", webhook_id = id, "admin API write");
@@ -481,18 +448,17 @@ pub async fn test(
     who: Writer,
     PathOf(id): PathOf<i64>,
 ) -> Result<axum::Json<TestAttempt>, ApiError> {
-    let SigningWebhook {
-        row,
-        signing_secrets,
-    } = admin::signing_webhook(&state.pool, id)
+    let SigningWebhook { row, secrets } = admin::signing_webhook(&state.pool, id)
         .await?
         .ok_or_else(|| not_found(id))?;
     let now = Utc::now().fixed_offset();
     let event_id = format!("test-{}", Uuid::new_v4());
-    let body = payload::render(&BuildEvent {
-        event_id: event_id.clone(),
-        occurred_at: now,
-        repository: Repository {
+    // The repository as the registry last described it; before any event, what is known.
+    let last = admin::latest_body(&state.pool, &row.namespace, &row.repository).await?;
+    let repository = last
+        .as_deref()
+        .and_then(payload::repository_of)
+        .unwrap_or_else(|| Repository {
             namespace: row.namespace.clone(),
             name: row.repository.clone(),
             region: String::new(),
@@ -500,7 +466,11 @@ pub async fn test(
             repo_authentication_type: "NO_CERTIFIED".to_owned(),
             repo_origin_type: "NO_CERTIFIED".to_owned(),
             repo_type: "PUBLIC".to_owned(),
-        },
+        });
+    let body = payload::render(&BuildEvent {
+        event_id: event_id.clone(),
+        occurred_at: now,
+        repository,
         tag: TEST_TAG.to_owned(),
         digest: TEST_DIGEST.to_owned(),
     });
@@ -509,7 +479,7 @@ pub async fn test(
         .client
         .send(
             &row.url,
-            signing_secrets.as_deref(),
+            secrets.signing(Utc::now()).as_deref(),
             &body,
             &delivery.to_string(),
         )

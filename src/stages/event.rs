@@ -160,7 +160,7 @@ async fn fan_out(
             // Bounds connections and buffers, hence memory, however many events are in flight.
             // The semaphore is never closed, so acquiring cannot fail.
             let _slot = ctx.inline_slots.acquire().await;
-            let secrets = webhook.signing_secrets(chrono::Utc::now());
+            let secrets = webhook.secrets.signing(chrono::Utc::now());
             let target = Target {
                 url: &webhook.url,
                 secret: secrets.as_deref(),

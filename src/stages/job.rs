@@ -37,9 +37,10 @@ async fn run(ctx: &Context, publisher: &Publisher, job: Job) -> Result<Done, Sta
         .await?;
     match after_claim(claim, &job, now) {
         Next::Attempt(claimed) => {
+            let secrets = claimed.secrets.signing(now);
             let target = Target {
                 url: &claimed.url,
-                secret: claimed.secret.as_deref(),
+                secret: secrets.as_deref(),
                 body: claimed.request_body.as_deref().unwrap_or_default(),
             };
             attempt(

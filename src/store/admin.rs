@@ -11,7 +11,7 @@ use tokio_postgres::types::{ToSql, Type};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Pool, StoreError, millis};
+use super::{Pool, SECRET_COLUMNS, Secrets, StoreError, millis};
 use crate::model::{DeliveryStatus, utc_millis};
 
 /// A webhook row as the API shows it: its secret only as whether it has one.
@@ -55,14 +55,15 @@ impl WebhookRow {
     }
 }
 
+/// A rule as its columns hold it: `(trigger_type, trigger_expression, trigger_tags)`.
+pub type TriggerColumns<'a> = (&'a str, Option<&'a str>, Option<&'a [String]>);
+
 /// Every field of a webhook the API writes.
 #[derive(Clone, Copy)]
 pub struct WebhookFields<'a> {
     pub name: &'a str,
     pub url: &'a str,
-    pub trigger_type: &'a str,
-    pub trigger_expression: Option<&'a str>,
-    pub trigger_tags: Option<&'a [String]>,
+    pub trigger: TriggerColumns<'a>,
     pub enabled: bool,
 }
 
@@ -140,9 +141,9 @@ pub async fn create_webhook(
                 &repository,
                 &fields.name,
                 &fields.url,
-                &fields.trigger_type,
-                &fields.trigger_expression,
-                &fields.trigger_tags,
+                &fields.trigger.0,
+                &fields.trigger.1,
+                &fields.trigger.2,
                 &fields.enabled,
                 &secret,
             ],
@@ -152,12 +153,22 @@ pub async fn create_webhook(
     Ok(WebhookRow::from_row(&row)?)
 }
 
-/// Writes every field; `enabled` set to true clears why tagcast disabled it. `None` if there is
-/// no such webhook.
+/// A change to a webhook: the fields that are `Some` replace what is there.
+#[derive(Clone, Copy, Default)]
+pub struct WebhookPatch<'a> {
+    pub name: Option<&'a str>,
+    pub url: Option<&'a str>,
+    /// Replaced together.
+    pub trigger: Option<TriggerColumns<'a>>,
+    pub enabled: Option<bool>,
+}
+
+/// Applies a change in one statement, so that a concurrent change to other fields is kept;
+/// `enabled` set to true clears why tagcast disabled it. `None` if there is no such webhook.
 pub async fn update_webhook(
     pool: &Pool,
     id: i64,
-    fields: WebhookFields<'_>,
+    patch: WebhookPatch<'_>,
     secret: SecretChange<'_>,
 ) -> Result<Option<WebhookRow>, WriteError> {
     let client = pool.get().await?;
@@ -166,9 +177,16 @@ pub async fn update_webhook(
         SecretChange::Set(s) => (false, Some(s)),
         SecretChange::Remove => (false, None),
     };
+    let (trigger_type, trigger_expression, trigger_tags) = match patch.trigger {
+        Some((kind, expression, tags)) => (Some(kind), expression, tags),
+        None => (None, None, None),
+    };
     let sql = format!(
-        "UPDATE webhooks SET name = $2, url = $3, trigger_type = $4, trigger_expression = $5,
-                trigger_tags = $6, enabled = $7,
+        "UPDATE webhooks SET name = coalesce($2, name), url = coalesce($3, url),
+                trigger_type = coalesce($4, trigger_type),
+                trigger_expression = CASE WHEN $4::text IS NULL THEN trigger_expression ELSE $5 END,
+                trigger_tags = CASE WHEN $4::text IS NULL THEN trigger_tags ELSE $6 END,
+                enabled = coalesce($7, enabled),
                 disabled_reason = CASE WHEN $7 THEN NULL ELSE disabled_reason END,
                 disabled_at = CASE WHEN $7 THEN NULL ELSE disabled_at END,
                 secret = CASE WHEN $8 THEN secret ELSE $9 END,
@@ -182,12 +200,12 @@ pub async fn update_webhook(
             &sql,
             &[
                 &id,
-                &fields.name,
-                &fields.url,
-                &fields.trigger_type,
-                &fields.trigger_expression,
-                &fields.trigger_tags,
-                &fields.enabled,
+                &patch.name,
+                &patch.url,
+                &trigger_type,
+                &trigger_expression,
+                &trigger_tags,
+                &patch.enabled,
                 &keep,
                 &new_secret,
             ],
@@ -228,28 +246,21 @@ pub async fn rotate_secret(
     row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
 }
 
-/// A webhook with what signing it needs: the secrets that sign now, space-separated.
+/// A webhook with what signing it needs.
 pub struct SigningWebhook {
     pub row: WebhookRow,
-    pub signing_secrets: Option<String>,
+    pub secrets: Secrets,
 }
 
 pub async fn signing_webhook(pool: &Pool, id: i64) -> Result<Option<SigningWebhook>, StoreError> {
     let client = pool.get().await?;
-    let sql = format!(
-        concat!(
-            "SELECT {}, ",
-            signing_secrets!(),
-            " AS signing FROM webhooks w WHERE id = $1"
-        ),
-        WEBHOOK_COLUMNS
-    );
+    let sql = format!("SELECT {WEBHOOK_COLUMNS}, {SECRET_COLUMNS} FROM webhooks w WHERE w.id = $1");
     let Some(row) = client.query_opt(&sql, &[&id]).await? else {
         return Ok(None);
     };
     Ok(Some(SigningWebhook {
         row: WebhookRow::from_row(&row)?,
-        signing_secrets: row.try_get("signing")?,
+        secrets: Secrets::from_row(&row)?,
     }))
 }
 
@@ -274,6 +285,26 @@ pub async fn drop_expired_secrets(pool: &Pool) -> Result<u64, StoreError> {
             &[],
         )
         .await?)
+}
+
+/// The body last sent for a repository by the pipeline (tests left out), if any.
+pub async fn latest_body(
+    pool: &Pool,
+    namespace: &str,
+    repository: &str,
+) -> Result<Option<String>, StoreError> {
+    let client = pool.get().await?;
+    // Newest first along `deliveries_repository_newest`: the scan stops at the first body.
+    let row = client
+        .query_opt(
+            "SELECT request_body FROM deliveries
+              WHERE namespace = $1 AND repository = $2 AND request_body IS NOT NULL
+                AND event_id NOT LIKE 'test-%'
+              ORDER BY created_at DESC, id DESC LIMIT 1",
+            &[&namespace, &repository],
+        )
+        .await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
 }
 
 /// One attempt made outside the pipeline (a test), recorded as a finished access record.
@@ -366,7 +397,6 @@ const DELIVERY_COLUMNS: &str = "d.id, d.event_id, d.webhook_id, w.name AS webhoo
 
 impl DeliveryRow {
     fn from_row(row: &Row) -> Result<DeliveryRow, StoreError> {
-        let status: &str = row.try_get("status")?;
         Ok(DeliveryRow {
             id: row.try_get("id")?,
             event_id: row.try_get("event_id")?,
@@ -376,10 +406,7 @@ impl DeliveryRow {
             repository: row.try_get("repository")?,
             tag: row.try_get("tag")?,
             digest: row.try_get("digest")?,
-            status: DeliveryStatus::from_sql(status).ok_or_else(|| StoreError::Data {
-                column: "status",
-                value: status.to_owned(),
-            })?,
+            status: super::deliveries::status(row)?,
             attempts: row.try_get("attempts")?,
             http_status: row.try_get("http_status")?,
             error: row.try_get("error")?,
@@ -609,15 +636,16 @@ where
             else {
                 return Ok(Err(NotReopened::NotFound));
             };
-            let status: &str = current.try_get("status").map_err(StoreError::from)?;
             let sent: bool = current.try_get("sent").map_err(StoreError::from)?;
-            match DeliveryStatus::from_sql(status) {
-                Some(DeliveryStatus::NotTriggered) => return Ok(Err(NotReopened::NotTriggered)),
-                Some(DeliveryStatus::Pending | DeliveryStatus::Retrying) => {
+            match super::deliveries::status(&current)? {
+                DeliveryStatus::NotTriggered => return Ok(Err(NotReopened::NotTriggered)),
+                DeliveryStatus::Pending | DeliveryStatus::Retrying => {
                     return Ok(Err(NotReopened::InProgress));
                 }
-                _ if !sent => return Ok(Err(NotReopened::NothingSent)),
-                _ => {}
+                DeliveryStatus::Succeeded | DeliveryStatus::Failed if !sent => {
+                    return Ok(Err(NotReopened::NothingSent));
+                }
+                DeliveryStatus::Succeeded | DeliveryStatus::Failed => {}
             }
             tx.query(
                 &format!("{SET} WHERE id = $1 RETURNING id, attempts"),

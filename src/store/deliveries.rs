@@ -23,9 +23,17 @@ macro_rules! unfinished {
     };
 }
 
+/// The `status` column of a row.
+pub(super) fn status(row: &Row) -> Result<DeliveryStatus, StoreError> {
+    let text: &str = row.try_get("status")?;
+    DeliveryStatus::from_sql(text).ok_or_else(|| StoreError::Data {
+        column: "status",
+        value: text.to_owned(),
+    })
+}
+
 /// A record from a row holding [`record_columns!`].
 fn record(row: &Row) -> Result<DeliveryRecord, StoreError> {
-    let status: &str = row.try_get("status")?;
     Ok(DeliveryRecord {
         id: row.try_get("id")?,
         event_id: row.try_get("event_id")?,
@@ -35,10 +43,7 @@ fn record(row: &Row) -> Result<DeliveryRecord, StoreError> {
         repository: row.try_get("repository")?,
         tag: row.try_get("tag")?,
         digest: row.try_get("digest")?,
-        status: DeliveryStatus::from_sql(status).ok_or_else(|| StoreError::Data {
-            column: "status",
-            value: status.to_owned(),
-        })?,
+        status: status(row)?,
         attempts: row.try_get("attempts")?,
         http_status: row.try_get("http_status")?,
         error: row.try_get("error")?,
@@ -221,7 +226,7 @@ pub async fn record_decisions(
 pub struct ClaimedDelivery {
     pub record: DeliveryRecord,
     pub url: String,
-    pub secret: Option<String>,
+    pub secrets: super::Secrets,
     pub request_body: Option<String>,
 }
 
@@ -231,7 +236,7 @@ impl std::fmt::Debug for ClaimedDelivery {
         f.debug_struct("ClaimedDelivery")
             .field("record", &self.record)
             .field("url", &crate::redact::redact_url(&self.url))
-            .field("secret", &self.secret.as_ref().map(|_| "REDACTED"))
+            .field("secrets", &self.secrets)
             .finish_non_exhaustive()
     }
 }
@@ -280,9 +285,7 @@ pub async fn claim(pool: &Pool, id: Uuid, attempt: i32, lease: Lease) -> Result<
             AND (d.lease_until IS NULL OR d.lease_until < now())
           RETURNING ",
         record_columns!(),
-        ", w.url, ",
-        signing_secrets!(),
-        " AS secret, d.request_body"
+        ", w.url, w.secret, w.previous_secret, w.previous_secret_expires_at, d.request_body"
     );
     const CURRENT: &str = concat!(
         "SELECT ",
@@ -298,7 +301,7 @@ pub async fn claim(pool: &Pool, id: Uuid, attempt: i32, lease: Lease) -> Result<
         return Ok(Claim::Claimed(Box::new(ClaimedDelivery {
             record: record(&row)?,
             url: row.try_get("url")?,
-            secret: row.try_get("secret")?,
+            secrets: super::Secrets::from_row(&row)?,
             request_body: row.try_get("request_body")?,
         })));
     }

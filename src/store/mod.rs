@@ -2,16 +2,6 @@
 //! records with their batched writers. PostgreSQL through `tokio-postgres`, pooled by
 //! `deadpool-postgres`; outages are waited out with `backon`.
 
-/// The SQL expression, on `webhooks w`, of the secrets that sign a request now, space-separated:
-/// the current one and, until its grace is over, the one it replaced (contract section 12).
-/// Both stages and the test endpoint sign with it.
-macro_rules! signing_secrets {
-    () => {
-        "nullif(concat_ws(' ', w.secret, \
-         CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END), '')"
-    };
-}
-
 pub mod admin;
 mod batch;
 pub mod deliveries;
@@ -32,7 +22,7 @@ pub use deliveries::{
     AttemptRecorded, Claim, ClaimedDelivery, Decision, EventDecisions, NewAttempt, Recorded,
 };
 pub use migrate::migrate;
-pub use webhooks::{Rule, Unusable, Webhook, WebhookCache};
+pub use webhooks::{Rule, SECRET_COLUMNS, Secrets, Unusable, Webhook, WebhookCache};
 
 use crate::backoff::Waits;
 use crate::redact::SecretUrl;

@@ -51,7 +51,11 @@ pub struct Stored {
     pub name: String,
     pub scope: Scope,
     pub hash: Vec<u8>,
+    pub last_used_at: Option<DateTime<Utc>>,
 }
+
+/// How stale `last_used_at` may grow before a use is noted: reads should not each write.
+pub const TOUCH_EVERY: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
 
 /// Why a token was not created.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +129,7 @@ pub async fn find(pool: &Pool, lookup: &str) -> Result<Option<Stored>, StoreErro
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "SELECT id, name, scope, hash FROM api_tokens WHERE lookup = $1 AND revoked_at IS NULL",
+            "SELECT id, name, scope, hash, last_used_at FROM api_tokens WHERE lookup = $1 AND revoked_at IS NULL",
         )
         .await?;
     let Some(row) = client.query_opt(&statement, &[&lookup]).await? else {
@@ -136,17 +140,15 @@ pub async fn find(pool: &Pool, lookup: &str) -> Result<Option<Stored>, StoreErro
         name: row.try_get("name")?,
         scope: Scope::from_sql(row.try_get("scope")?)?,
         hash: row.try_get("hash")?,
+        last_used_at: row.try_get("last_used_at")?,
     }))
 }
 
-/// Notes that a token was used (at most once a minute per token, so reads do not each write).
+/// Notes that a token was used now.
 pub async fn touch(pool: &Pool, id: i64) -> Result<(), StoreError> {
     let client = pool.get().await?;
     let statement = client
-        .prepare_cached(
-            "UPDATE api_tokens SET last_used_at = now()
-              WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-        )
+        .prepare_cached("UPDATE api_tokens SET last_used_at = now() WHERE id = $1")
         .await?;
     client.execute(&statement, &[&id]).await?;
     Ok(())

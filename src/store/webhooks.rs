@@ -30,10 +30,65 @@ pub struct Webhook {
     pub id: i64,
     pub name: String,
     pub url: String,
-    pub secret: Option<String>,
-    /// The secret `secret` replaced, and when it stops signing beside it.
-    pub previous_secret: Option<(String, DateTime<Utc>)>,
+    pub secrets: Secrets,
     pub rule: Rule,
+}
+
+/// A webhook's signing secrets: its own, and the one a rotation replaced with when that stops
+/// signing beside it (contract section 12). Every path that signs reads them with
+/// [`Secrets::from_row`] and signs with [`Secrets::signing`].
+#[derive(Clone, Default)]
+pub struct Secrets {
+    pub current: Option<String>,
+    pub previous: Option<(String, DateTime<Utc>)>,
+}
+
+/// The columns [`Secrets::from_row`] reads, on `webhooks w`.
+pub const SECRET_COLUMNS: &str = "w.secret, w.previous_secret, w.previous_secret_expires_at";
+
+impl Secrets {
+    pub fn from_row(row: &tokio_postgres::Row) -> Result<Secrets, tokio_postgres::Error> {
+        let previous = match (
+            row.try_get::<_, Option<String>>("previous_secret")?,
+            row.try_get::<_, Option<DateTime<Utc>>>("previous_secret_expires_at")?,
+        ) {
+            (Some(secret), Some(until)) => Some((secret, until)),
+            _ => None,
+        };
+        Ok(Secrets {
+            current: row.try_get("secret")?,
+            previous,
+        })
+    }
+
+    /// The secrets that sign a request made at `now`, space-separated (see [`payload::sign`]):
+    /// the current one and, until its grace is over, the one it replaced. A cached row may
+    /// outlive that grace, so it is judged at each request.
+    pub fn signing(&self, now: DateTime<Utc>) -> Option<Cow<'_, str>> {
+        let previous = self
+            .previous
+            .as_ref()
+            .filter(|(_, until)| *until > now)
+            .map(|(secret, _)| secret.as_str());
+        match (self.current.as_deref(), previous) {
+            (Some(current), Some(previous)) => Some(Cow::Owned(format!("{current} {previous}"))),
+            (Some(only), None) | (None, Some(only)) => Some(Cow::Borrowed(only)),
+            (None, None) => None,
+        }
+    }
+}
+
+// By hand, so that no secret can reach a log line.
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("current", &self.current.as_ref().map(|_| "REDACTED"))
+            .field(
+                "previous_until",
+                &self.previous.as_ref().map(|(_, until)| until),
+            )
+            .finish()
+    }
 }
 
 /// A webhook's rule, as loaded: ready to evaluate, or why the row cannot be used. An unusable
@@ -61,14 +116,7 @@ impl std::fmt::Debug for Webhook {
             .field("id", &self.id)
             .field("name", &self.name)
             .field("url", &redact_url(&self.url))
-            .field("secret", &self.secret.as_ref().map(|_| "REDACTED"))
-            .field(
-                "previous_secret",
-                &self
-                    .previous_secret
-                    .as_ref()
-                    .map(|(_, until)| ("REDACTED", until)),
-            )
+            .field("secrets", &self.secrets)
             .field("rule", &self.rule)
             .finish()
     }
@@ -93,31 +141,8 @@ struct Inner {
 }
 
 impl Webhook {
-    /// The secrets that sign a request made at `now`, space-separated (see [`payload::sign`]):
-    /// the current one and, during its grace, the one it replaced. The cache may hold the row
-    /// past that grace, so it is judged at each request.
-    pub fn signing_secrets(&self, now: DateTime<Utc>) -> Option<Cow<'_, str>> {
-        let previous = self
-            .previous_secret
-            .as_ref()
-            .filter(|(_, until)| *until > now)
-            .map(|(secret, _)| secret.as_str());
-        match (self.secret.as_deref(), previous) {
-            (Some(current), Some(previous)) => Some(Cow::Owned(format!("{current} {previous}"))),
-            (Some(only), None) | (None, Some(only)) => Some(Cow::Borrowed(only)),
-            (None, None) => None,
-        }
-    }
-
     fn from_row(row: &tokio_postgres::Row) -> Result<Webhook, StoreError> {
-        let secret: Option<String> = row.try_get("secret")?;
-        let previous_secret = match (
-            row.try_get::<_, Option<String>>("previous_secret")?,
-            row.try_get::<_, Option<DateTime<Utc>>>("previous_secret_expires_at")?,
-        ) {
-            (Some(secret), Some(until)) => Some((secret, until)),
-            _ => None,
-        };
+        let secrets = Secrets::from_row(row)?;
         let trigger = Trigger::from_row(
             row.try_get("trigger_type")?,
             row.try_get("trigger_expression")?,
@@ -126,7 +151,10 @@ impl Webhook {
         );
         let rule = match (
             trigger,
-            secret.as_deref().map(|s| payload::sign(s, "", 0, "")),
+            secrets
+                .current
+                .as_deref()
+                .map(|s| payload::sign(s, "", 0, "")),
         ) {
             (Err(e), _) => Rule::Unusable(e.into()),
             (Ok(_), Some(Err(e))) => Rule::Unusable(e.into()),
@@ -136,8 +164,7 @@ impl Webhook {
             id: row.try_get("id")?,
             name: row.try_get("name")?,
             url: row.try_get("url")?,
-            secret,
-            previous_secret,
+            secrets,
             rule,
         })
     }
@@ -170,9 +197,11 @@ impl WebhookCache {
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(
-                "SELECT id, name, url, secret, previous_secret, previous_secret_expires_at, trigger_type,
-                        trigger_expression, trigger_tags
-                   FROM webhooks WHERE namespace = $1 AND repository = $2 AND enabled ORDER BY id",
+                &format!(
+                    "SELECT w.id, w.name, w.url, {SECRET_COLUMNS}, w.trigger_type, w.trigger_expression,
+                            w.trigger_tags
+                       FROM webhooks w WHERE w.namespace = $1 AND w.repository = $2 AND w.enabled ORDER BY w.id"
+                ),
             )
             .await?;
         let rows = client.query(&statement, &[&namespace, &repository]).await?;
@@ -272,5 +301,43 @@ impl WebhookCache {
         });
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         Ok((client, rx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_secret_signs_beside_the_new_one_until_its_grace_ends() {
+        let now = Utc::now();
+        let secrets = |current: Option<&str>, previous: Option<(&str, i64)>| Secrets {
+            current: current.map(str::to_owned),
+            previous: previous
+                .map(|(s, secs)| (s.to_owned(), now + chrono::Duration::seconds(secs))),
+        };
+        let cases = [
+            (secrets(None, None), None),
+            (secrets(Some("new"), None), Some("new")),
+            (secrets(Some("new"), Some(("old", 60))), Some("new old")),
+            (secrets(Some("new"), Some(("old", 0))), Some("new")),
+            (secrets(Some("new"), Some(("old", -60))), Some("new")),
+            (secrets(None, Some(("old", 60))), Some("old")),
+        ];
+        for (secrets, signing) in cases {
+            assert_eq!(secrets.signing(now).as_deref(), signing, "{secrets:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let shown = format!(
+            "{:?}",
+            Secrets {
+                current: Some("whsec_current".into()),
+                previous: Some(("whsec_previous".into(), Utc::now())),
+            }
+        );
+        assert!(!shown.contains("whsec_"), "{shown}");
     }
 }

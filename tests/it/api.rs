@@ -436,6 +436,20 @@ async fn bad_requests_get_a_problem_detail_never_a_server_error() {
         }
     }
 
+    // A JSON body not sent as JSON is "not JSON" too.
+    let untyped = reqwest::Client::new()
+        .post(format!("http://{}{}", app.api_addr, hooks("bad")))
+        .bearer_auth(&w)
+        .body(r#"{"name": "n", "url": "http://127.0.0.1:9/"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(untyped.status(), 400);
+    assert_eq!(
+        untyped.headers()["content-type"],
+        "application/problem+json"
+    );
+
     // Every broken field at once, each named.
     let invalid = app
         .api(
@@ -730,6 +744,34 @@ async fn a_test_notification_is_sent_now_signed_and_recorded() {
         ))
         .await;
     assert_eq!(status, "failed");
+
+    // Once the registry has described the repository in an event, a test describes it the same.
+    assert_eq!(
+        body["repository"]["region"], "",
+        "no event yet: nothing known"
+    );
+    app.publish_event(&event_for("ns", "tests", "latest")).await;
+    eventually("the event's record", 10 * SECOND, || async {
+        let n: i64 = app
+            .scalar("SELECT count(*) FROM deliveries WHERE event_id NOT LIKE 'test-%' AND request_body IS NOT NULL")
+            .await;
+        (n > 0).then_some(())
+    })
+    .await;
+    let again = app
+        .api(
+            "POST",
+            &format!("/api/v1/webhooks/{id}/test"),
+            Some(&w),
+            None,
+        )
+        .await;
+    assert_eq!(again.status, 200);
+    let request = receiver.next(5 * SECOND).await;
+    let body: Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(body["repository"]["region"], "cn-hangzhou");
+    assert_eq!(body["repository"]["date_created"], "2016-10-28 21:31:42");
+    assert_eq!(body["push_data"]["tag"], "test");
     app.teardown().await;
 }
 
