@@ -170,6 +170,27 @@ fn check(errors: &mut Vec<FieldError>, field: &str, result: Result<(), String>) 
     }
 }
 
+/// `secret` (absent, `Some(None)` for null, or a value) beside `generate_secret`: a secret given
+/// must be well-formed, and cannot come with a request for one.
+fn check_secret(errors: &mut Vec<FieldError>, given: Option<Option<&str>>, generate: bool) {
+    match (given, generate) {
+        (Some(Some(secret)), generate) => {
+            check(errors, "secret", validate::secret(secret));
+            if generate {
+                errors.push(FieldError::new(
+                    "generate_secret",
+                    "give a secret or ask for one, not both",
+                ));
+            }
+        }
+        (Some(None), true) => errors.push(FieldError::new(
+            "generate_secret",
+            "remove the secret or ask for a new one, not both",
+        )),
+        (Some(None), false) | (None, _) => {}
+    }
+}
+
 /// Namespace and repository: what an event may name.
 pub(super) fn check_repository(path: &RepositoryPath) -> Result<(), ApiError> {
     let mut errors = Vec::new();
@@ -254,15 +275,11 @@ pub async fn create(
     check(&mut errors, "name", validate::name(&new.name));
     check(&mut errors, "url", validate::url(&new.url, &state.policy));
     errors.extend(validate::trigger(&trigger, "trigger"));
-    if let Some(secret) = &new.secret {
-        check(&mut errors, "secret", validate::secret(secret));
-        if new.generate_secret {
-            errors.push(FieldError::new(
-                "generate_secret",
-                "give a secret or ask for one, not both",
-            ));
-        }
-    }
+    check_secret(
+        &mut errors,
+        new.secret.as_deref().map(Some),
+        new.generate_secret,
+    );
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
@@ -338,22 +355,11 @@ pub async fn update(
     if let Some(trigger) = &change.trigger {
         errors.extend(validate::trigger(trigger, "trigger"));
     }
-    match (&change.secret, change.generate_secret) {
-        (Some(Some(secret)), generate) => {
-            check(&mut errors, "secret", validate::secret(secret));
-            if generate {
-                errors.push(FieldError::new(
-                    "generate_secret",
-                    "give a secret or ask for one, not both",
-                ));
-            }
-        }
-        (Some(None), true) => errors.push(FieldError::new(
-            "generate_secret",
-            "remove the secret or ask for a new one, not both",
-        )),
-        _ => {}
-    }
+    check_secret(
+        &mut errors,
+        change.secret.as_ref().map(Option::as_deref),
+        change.generate_secret,
+    );
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }

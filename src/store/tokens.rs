@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{Pool, StoreError};
+use crate::model::utc_millis;
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
@@ -40,8 +41,11 @@ impl Scope {
 pub struct TokenInfo {
     pub name: String,
     pub scope: Scope,
+    #[serde(with = "utc_millis")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "utc_millis::option::serialize")]
     pub last_used_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "utc_millis::option::serialize")]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 

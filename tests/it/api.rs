@@ -147,6 +147,30 @@ async fn webhooks_are_created_read_listed_changed_and_deleted() {
         ))
         .await;
     assert_eq!(reason, None);
+    // A change of one field leaves the others as they are.
+    for enabled in [false, true] {
+        let one = app
+            .api(
+                "PATCH",
+                &format!("/api/v1/webhooks/{id}"),
+                Some(&w),
+                Some(json!({"enabled": enabled})),
+            )
+            .await;
+        assert_eq!(one.status, 200, "{:?}", one.body);
+        assert_eq!(
+            (
+                one.body["enabled"].clone(),
+                one.body["name"].clone(),
+                one.body["trigger"].clone()
+            ),
+            (
+                json!(enabled),
+                json!("deploy-2"),
+                json!({"type": "tags", "tags": ["latest", "v1"]})
+            )
+        );
+    }
 
     // Deleting takes the records with it.
     app.publish_event(&event_for("ns", "crud", "latest")).await;
