@@ -133,7 +133,7 @@ impl App {
         ));
         let (api_addr, metrics_addr) = (self.api_addr(), self.metrics_addr());
         let background = TaskTracker::new();
-        background.spawn(api::serve(self.api_listener, state, stop.clone()));
+        background.spawn(api::serve(self.api_listener, routes(state), stop.clone()));
         background.spawn(http::serve(
             self.listener,
             self.metrics.clone(),
@@ -215,7 +215,11 @@ impl App {
             metrics.clone(),
             hard_stop.clone(),
         ));
-        background.spawn(api::serve(self.api_listener, api_state, stop.clone()));
+        background.spawn(api::serve(
+            self.api_listener,
+            routes(api_state),
+            stop.clone(),
+        ));
         let mut connected = publisher.subscribe();
         let prefix = s.queue_prefix.clone();
         background.spawn(async move {
@@ -349,4 +353,9 @@ fn address_policy(settings: &Settings) -> AddressPolicy {
         allow_private: settings.allow_private_targets,
         allow: settings.allow_targets.clone(),
     }
+}
+
+/// What the API address serves: the admin API, and the console over it.
+fn routes(state: ApiState) -> axum::Router {
+    crate::console::with_console(api::router(state))
 }

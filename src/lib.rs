@@ -12,6 +12,7 @@
 //! - **[`consumer`]**: the consume loop, generic over its stage, and the one place where an
 //!   outcome becomes ack, reject or requeue.
 //! - **[`stages`]**: the event stage and the job stage; [`sweeper`] and [`probe`] beside them.
+//! - **[`api`]**: the admin API over [`store`]; [`console`], the web pages, calls it in process.
 //! - **[`app`]**: wiring only; [`publish`] (`tagcast publish`) and [`operate`]
 //!   (`tagcast dead-letters`, `tagcast topology`), commands for people, beside it.
 //!
@@ -46,6 +47,7 @@ pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod consumer;
 pub mod events;
 pub mod gate;

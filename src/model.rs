@@ -92,6 +92,11 @@ pub mod utc_millis {
         s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
     }
 
+    /// Any RFC 3339 time: what the API writes reads back.
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        <DateTime<Utc> as serde::Deserialize>::deserialize(d)
+    }
+
     pub mod option {
         use chrono::{DateTime, Utc};
 

@@ -12,7 +12,10 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use super::ApiState;
-use super::problem::ApiError;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::problem::{ApiError, Problem};
 use crate::store::tokens::{self, Scope};
 
 const PREFIX: &str = "tgc_";
@@ -71,6 +74,7 @@ fn matches(token: &str, stored: &[u8]) -> bool {
 /// A caller whose token is live: any scope.
 pub struct Reader {
     pub name: String,
+    pub scope: Scope,
 }
 
 /// A caller whose token has the write scope.
@@ -106,8 +110,8 @@ impl FromRequestParts<ApiState> for Reader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let (name, _) = caller(parts, state).await?;
-        Ok(Reader { name })
+        let (name, scope) = caller(parts, state).await?;
+        Ok(Reader { name, scope })
     }
 }
 
@@ -120,6 +124,25 @@ impl FromRequestParts<ApiState> for Writer {
             (_, Scope::Read) => Err(ApiError::Forbidden),
         }
     }
+}
+
+/// The token a request was made with, as `GET /api/v1/token` shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Caller {
+    pub name: String,
+    pub scope: Scope,
+}
+
+#[utoipa::path(get, path = "/api/v1/token", tag = "meta",
+    responses(
+        (status = 200, body = Caller, description = "the token this request was made with"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn current(who: Reader) -> axum::Json<Caller> {
+    axum::Json(Caller {
+        name: who.name,
+        scope: who.scope,
+    })
 }
 
 #[cfg(test)]

@@ -7,12 +7,14 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 /// Where the next page of a list starts: after this item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cursor {
     /// Webhooks, by id, newest (highest) first.
     Webhook(i64),
     /// Access records, by (created_at, id), newest first.
     Delivery(DateTime<Utc>, Uuid),
+    /// Repositories, by (namespace, repository), in name order.
+    Repository(String, String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +26,10 @@ impl Cursor {
         let text = match self {
             Cursor::Webhook(id) => format!("w{id}"),
             Cursor::Delivery(at, id) => format!("d{}.{}", at.timestamp_micros(), id.simple()),
+            // JSON, since either name may hold any character.
+            Cursor::Repository(namespace, repository) => {
+                format!("r{}", serde_json::json!([namespace, repository]))
+            }
         };
         B64.encode(text)
     }
@@ -43,6 +49,9 @@ impl Cursor {
                 let id = Uuid::try_parse(id).map_err(|_| BadCursor)?;
                 Ok(Cursor::Delivery(at, id))
             }
+            Some(("r", names)) => serde_json::from_str::<(String, String)>(names)
+                .map(|(namespace, repository)| Cursor::Repository(namespace, repository))
+                .map_err(|_| BadCursor),
             _ => Err(BadCursor),
         }
     }
@@ -74,6 +83,8 @@ mod tests {
             &B64.encode("wx1"),
             &B64.encode("d1.zz"),
             &B64.encode("q5"),
+            &B64.encode("r[\"a\"]"),
+            &B64.encode("r{}"),
         ] {
             assert_eq!(Cursor::decode(raw), Err(BadCursor), "{raw}");
         }
@@ -103,6 +114,12 @@ mod tests {
             let at = DateTime::from_timestamp_micros(micros).unwrap();
             let d = Cursor::Delivery(at, Uuid::from_u128(bits));
             prop_assert_eq!(Cursor::decode(&d.encode()), Ok(d));
+        }
+
+        #[test]
+        fn repository_cursors_round_trip(namespace in any::<String>(), repository in any::<String>()) {
+            let r = Cursor::Repository(namespace, repository);
+            prop_assert_eq!(Cursor::decode(&r.encode()), Ok(r));
         }
     }
 }

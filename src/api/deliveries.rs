@@ -38,7 +38,7 @@ pub struct RecordQuery {
 }
 
 /// A page of access records, newest first.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryPage {
     pub data: Vec<DeliveryRow>,
     /// Pass as `cursor` for the next page; null on the last.
@@ -46,7 +46,7 @@ pub struct DeliveryPage {
 }
 
 /// One access record, with the body sent and each attempt.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Delivery {
     #[serde(flatten)]
     pub record: DeliveryRow,
@@ -67,7 +67,7 @@ pub struct RecoverRange {
 }
 
 /// How many deliveries were queued for another attempt.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Queued {
     pub queued: usize,
 }
@@ -80,7 +80,7 @@ async fn page(
     let limit = page_limit(query.limit)?;
     let before = page_start(query.cursor.as_deref(), |c| match c {
         Cursor::Delivery(at, id) => Some((at, id)),
-        Cursor::Webhook(_) => None,
+        _ => None,
     })?;
     if let (Some(since), Some(until)) = (query.since, query.until)
         && until < since

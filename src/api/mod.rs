@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cursor;
 pub mod deliveries;
 pub mod problem;
+pub mod repositories;
 pub mod validate;
 pub mod webhooks;
 
@@ -139,6 +140,8 @@ pub fn page_start<T>(
     paths(
         healthz,
         openapi_json,
+        auth::current,
+        repositories::list,
         webhooks::list,
         webhooks::create,
         webhooks::get,
@@ -195,6 +198,8 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/openapi.json", get(openapi_json))
+        .route("/api/v1/token", get(auth::current))
+        .route("/api/v1/repositories", get(repositories::list))
         .route(
             "/api/v1/repositories/{namespace}/{repository}/webhooks",
             get(webhooks::list).post(webhooks::create),
@@ -234,9 +239,9 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves until cancelled, then lets requests in progress finish.
-pub async fn serve(listener: TcpListener, state: ApiState, cancel: CancellationToken) {
-    let app = router(state);
+/// Serves `app` (the API's routes, and the console's beside them) until cancelled, then lets
+/// requests in progress finish.
+pub async fn serve(listener: TcpListener, app: Router, cancel: CancellationToken) {
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await

@@ -5,23 +5,23 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::validate::FieldError;
 use crate::store::StoreError;
 
 /// An RFC 9457 problem detail.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
     /// Always `about:blank`: the status and title say what happened.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", skip_deserializing)]
     pub kind: &'static str,
     pub title: String,
     pub status: u16,
     pub detail: String,
     /// For 422: each field that breaks a rule.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
 }
 

@@ -44,7 +44,7 @@ pub enum TriggerRule {
 pub struct DockerTag(String);
 
 /// One field that breaks a rule, as a problem detail lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FieldError {
     /// The field, as a JSON path into the request (`trigger.tags[2]`).
     pub field: String,

@@ -25,7 +25,7 @@ use crate::store::admin::{
 };
 
 /// A webhook as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Webhook {
     pub id: i64,
     pub namespace: String,
@@ -73,7 +73,7 @@ impl From<WebhookRow> for Webhook {
 }
 
 /// A page of webhooks, newest first.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct WebhookPage {
     pub data: Vec<Webhook>,
     /// Pass as `cursor` for the next page; null on the last.
@@ -125,7 +125,7 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D:
 }
 
 /// A rotated secret.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RotatedSecret {
     /// The new secret, shown this once.
     pub secret: String,
@@ -136,7 +136,7 @@ pub struct RotatedSecret {
 }
 
 /// What a test notification came to.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TestAttempt {
     /// The access record it left (its `event_id` is `test-<uuid>`).
     pub delivery_id: Uuid,
@@ -241,7 +241,7 @@ pub async fn list(
     let limit = page_limit(query.limit)?;
     let before = page_start(query.cursor.as_deref(), |c| match c {
         Cursor::Webhook(id) => Some(id),
-        Cursor::Delivery(..) => None,
+        _ => None,
     })?;
     let mut rows = admin::list_webhooks(&state.pool, &path.0, &path.1, before, limit + 1).await?;
     let next_cursor = cursor::cut(&mut rows, limit, |r| Cursor::Webhook(r.id));

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::Row;
 use tokio_postgres::types::{ToSql, Type};
 use utoipa::ToSchema;
@@ -111,6 +111,48 @@ pub async fn list_webhooks(
         .query(&sql, &[&namespace, &repository, &before, &limit])
         .await?;
     rows.iter().map(WebhookRow::from_row).collect()
+}
+
+/// A repository that has webhooks, with how many and how many are enabled.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RepositoryRow {
+    pub namespace: String,
+    pub repository: String,
+    pub webhooks: i64,
+    pub enabled: i64,
+}
+
+/// Repositories with webhooks in name order, after `after` when given: one range of the
+/// `webhooks_name_unique` index, grouped as it is read.
+pub async fn list_repositories(
+    pool: &Pool,
+    after: Option<(&str, &str)>,
+    limit: i64,
+) -> Result<Vec<RepositoryRow>, StoreError> {
+    let client = pool.get().await?;
+    let (namespace, repository) = after.unzip();
+    let rows = client
+        .query(
+            "SELECT namespace, repository, count(*) AS webhooks,
+                    count(*) FILTER (WHERE enabled) AS enabled
+               FROM webhooks
+              WHERE $1::text IS NULL OR (namespace, repository) > ($1, $2::text)
+              GROUP BY namespace, repository
+              ORDER BY namespace, repository
+              LIMIT $3",
+            &[&namespace, &repository, &limit],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(RepositoryRow {
+                namespace: row.try_get("namespace")?,
+                repository: row.try_get("repository")?,
+                webhooks: row.try_get("webhooks")?,
+                enabled: row.try_get("enabled")?,
+            })
+        })
+        .collect()
 }
 
 pub async fn get_webhook(pool: &Pool, id: i64) -> Result<Option<WebhookRow>, StoreError> {
@@ -362,7 +404,7 @@ pub async fn record_test(pool: &Pool, test: &TestRecord<'_>) -> Result<(), Store
 }
 
 /// An access record as the API lists it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryRow {
     /// The delivery's id: the `webhook-id` header of its requests.
     pub id: Uuid,
@@ -418,7 +460,7 @@ impl DeliveryRow {
 }
 
 /// One HTTP attempt of a delivery, as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AttemptRow {
     pub attempt: i32,
     #[serde(with = "utc_millis")]

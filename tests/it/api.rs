@@ -1014,3 +1014,89 @@ async fn redeliver_and_recover_reach_the_receiver_again_with_the_same_webhook_id
     assert_eq!(none.body, json!({"queued": 0}));
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn repositories_are_listed_in_name_order_page_by_page_and_a_token_knows_itself() {
+    use crate::support::app::Trigger;
+    let app = TestApp::spawn().await;
+    let r = app.token("looker", Scope::Read).await;
+    let empty = app.api("GET", "/api/v1/repositories", Some(&r), None).await;
+    assert_eq!(empty.status, 200);
+    assert_eq!(empty.body, json!({"data": [], "next_cursor": null}));
+    // Names that sort in an order a byte comparison and a naive join would get wrong.
+    for (namespace, repository, name) in [
+        ("b", "one", "x"),
+        ("a", "two", "x"),
+        ("a", "two", "y"),
+        ("a", "one/with slash", "x"),
+        ("a b", "z", "x"),
+    ] {
+        app.insert_webhook_for(
+            namespace,
+            repository,
+            name,
+            "http://127.0.0.1:9/",
+            Trigger::All,
+            None,
+        )
+        .await;
+    }
+    app.pg
+        .execute("UPDATE webhooks SET enabled = false WHERE name = 'y'", &[])
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/repositories?limit=2&cursor={c}"),
+            None => "/api/v1/repositories?limit=2".to_owned(),
+        };
+        let page = app.api("GET", &path, Some(&r), None).await;
+        assert_eq!(page.status, 200, "{:?}", page.body);
+        for repo in page.body["data"].as_array().unwrap() {
+            seen.push((
+                format!(
+                    "{}/{}",
+                    repo["namespace"].as_str().unwrap(),
+                    repo["repository"].as_str().unwrap()
+                ),
+                repo["webhooks"].as_i64().unwrap(),
+                repo["enabled"].as_i64().unwrap(),
+            ));
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let expected = [
+        ("a/one/with slash", 1, 1),
+        ("a/two", 2, 1),
+        ("a b/z", 1, 1),
+        ("b/one", 1, 1),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(n, w, e)| (n.to_string(), *w, *e))
+        .collect();
+    assert_eq!(seen, expected);
+    let webhook_cursor = tagcast::api::cursor::Cursor::Webhook(5).encode();
+    let refused = app
+        .api(
+            "GET",
+            &format!("/api/v1/repositories?cursor={webhook_cursor}"),
+            Some(&r),
+            None,
+        )
+        .await;
+    assert_eq!(refused.status, 400, "a cursor of another list");
+
+    let me = app.api("GET", "/api/v1/token", Some(&r), None).await;
+    assert_eq!(me.body, json!({"name": "looker", "scope": "read"}));
+    assert_eq!(
+        app.api("GET", "/api/v1/token", None, None).await.status,
+        401
+    );
+    app.teardown().await;
+}

@@ -21,6 +21,7 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub delay: Duration,
+    pub body: Bytes,
 }
 
 impl Reply {
@@ -29,10 +30,15 @@ impl Reply {
             status,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            body: Bytes::from_static(b"thanks"),
         }
     }
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
+        self
+    }
+    pub fn body(mut self, body: impl Into<Bytes>) -> Reply {
+        self.body = body.into();
         self
     }
     pub fn after(mut self, delay: Duration) -> Reply {
@@ -117,8 +123,7 @@ impl Receiver {
                             });
                             let reply = script(n);
                             tokio::time::sleep(reply.delay).await;
-                            let mut response =
-                                Response::new(Full::new(Bytes::from_static(b"thanks")));
+                            let mut response = Response::new(Full::new(reply.body));
                             *response.status_mut() =
                                 hyper::StatusCode::from_u16(reply.status).unwrap();
                             for (name, value) in reply.headers {
