@@ -170,7 +170,7 @@ pub async fn get(
     }))
 }
 
-/// Opens deliveries again and publishes their jobs, confirmed before the change commits.
+/// Opens deliveries again and publishes their jobs.
 async fn reopen(state: &ApiState, which: Reopen) -> Result<Result<usize, NotReopened>, ApiError> {
     let publisher = state.publisher.borrow().clone().ok_or_else(|| {
         ApiError::Unavailable(
@@ -184,11 +184,11 @@ async fn reopen(state: &ApiState, which: Reopen) -> Result<Result<usize, NotReop
     match queued {
         Ok(outcome) => Ok(outcome),
         Err(ReopenError::Store(e)) => Err(e.into()),
-        Err(ReopenError::Queue(e)) => {
-            tracing::warn!(error = %e, "cannot queue deliveries for another attempt");
-            Err(ApiError::Unavailable(
-                "RabbitMQ did not take the work: nothing was queued; try again".into(),
-            ))
+        // Opened in the database, which is the record of what is left to do: the sweeper
+        // publishes the jobs the broker did not take.
+        Err(ReopenError::Queue { opened, error }) => {
+            tracing::warn!(error = %error, opened, "RabbitMQ did not take the jobs of reopened deliveries; the sweeper will queue them");
+            Ok(Ok(opened))
         }
     }
 }

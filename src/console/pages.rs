@@ -50,9 +50,10 @@ fn api_repository(namespace: &str, repository: &str) -> String {
     )
 }
 
-/// The field errors of a refusal the person can fix (422, or 409 for a name in use), or the
-/// refusal itself.
-fn form_errors(problem: Problem) -> Result<FormErrors, ConsoleError> {
+/// The field errors of a refusal the person can fix, or the refusal itself. A 409 is shown on
+/// `conflict_on` when the form has the one field a conflict can be about (a webhook's name is
+/// the only thing a webhook write can conflict on).
+fn form_errors(problem: Problem, conflict_on: Option<&str>) -> Result<FormErrors, ConsoleError> {
     match problem.status {
         422 => Ok(FormErrors {
             fields: problem
@@ -62,13 +63,15 @@ fn form_errors(problem: Problem) -> Result<FormErrors, ConsoleError> {
                 .collect(),
             general: None,
         }),
-        409 if problem.detail.contains("named") => Ok(FormErrors {
-            fields: vec![("name".into(), problem.detail)],
-            general: None,
-        }),
-        400 | 409 => Ok(FormErrors {
-            fields: Vec::new(),
-            general: Some(problem.detail),
+        409 | 400 => Ok(match (problem.status, conflict_on) {
+            (409, Some(field)) => FormErrors {
+                fields: vec![(field.to_owned(), problem.detail)],
+                general: None,
+            },
+            _ => FormErrors {
+                fields: Vec::new(),
+                general: Some(problem.detail),
+            },
         }),
         _ => Err(ConsoleError::Api(problem)),
     }
@@ -275,7 +278,7 @@ pub async fn create_webhook(
             Ok(webhook_page(&session, &hook, Some(outcome)).into_response())
         }
         Err(ConsoleError::Api(problem)) => {
-            let errors = form_errors(problem)?;
+            let errors = form_errors(problem, Some("name"))?;
             Ok((
                 StatusCode::UNPROCESSABLE_ENTITY,
                 views::new_webhook(&session, &namespace, &repository, &form, &errors),
@@ -343,7 +346,7 @@ pub async fn update_webhook(
     {
         Ok(_) => Ok(Redirect::to(&format!("/console/webhooks/{id}?done=saved")).into_response()),
         Err(ConsoleError::Api(problem)) => {
-            let errors = form_errors(problem)?;
+            let errors = form_errors(problem, Some("name"))?;
             let hook: Webhook = state.get(&session, &path).await?;
             let view = WebhookView {
                 hook: &hook,
@@ -469,7 +472,7 @@ pub async fn recover(
                 .await
             {
                 Ok(queued) => Ok(queued),
-                Err(ConsoleError::Api(problem)) => Err(form_errors(problem)?),
+                Err(ConsoleError::Api(problem)) => Err(form_errors(problem, None)?),
                 Err(e) => return Err(e),
             }
         }
@@ -567,7 +570,7 @@ async fn records_page(
     let answer = match record_query(&filters) {
         Ok(query) => match state.get(session, &format!("{api_path}?{query}")).await {
             Ok(page) => Ok(page),
-            Err(ConsoleError::Api(problem)) => Err(form_errors(problem)?),
+            Err(ConsoleError::Api(problem)) => Err(form_errors(problem, None)?),
             Err(e) => return Err(e),
         },
         Err(errors) => Err(errors),

@@ -644,14 +644,20 @@ pub enum NotReopened {
 pub enum ReopenError<E> {
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// What `queue` failed with: nothing was opened.
-    #[error(transparent)]
-    Queue(E),
+    /// What `queue` failed with, after `opened` deliveries were opened: the sweeper will
+    /// publish their jobs, as for any job that went missing.
+    #[error("{error}")]
+    Queue { opened: usize, error: E },
 }
 
-/// Opens finished deliveries again: each becomes `pending`, watched by the sweeper, and
-/// `queue` gets `(id, next attempt)` for each to publish its job; committed only once it
-/// succeeded. The attempt then goes the way of any retry: claimed, signed, recorded.
+/// Opens finished deliveries again: each becomes `pending`, watched by the sweeper, and, once
+/// that is committed, `queue` gets `(id, next attempt)` for each to publish its job. The attempt
+/// then goes the way of any retry: claimed, signed, recorded.
+///
+/// The commit comes first because a job consumed before it would find its delivery still
+/// final (a claim skips a row whose committed state does not match, rather than waiting for
+/// the lock) and be dropped, leaving the delivery to the sweeper. A job lost after the commit
+/// is the sweeper's too, so nothing is lost either way.
 pub async fn reopen<F, Fut, E>(
     pool: &Pool,
     which: Reopen,
@@ -717,10 +723,12 @@ where
         .map(|r| Ok((r.try_get(0)?, r.try_get::<_, i32>(1)? + 1)))
         .collect::<Result<Vec<(Uuid, i32)>, tokio_postgres::Error>>()
         .map_err(StoreError::from)?;
-    let n = jobs.len();
-    if n > 0 {
-        queue(jobs).await.map_err(ReopenError::Queue)?;
-    }
+    let opened = jobs.len();
     tx.commit().await.map_err(StoreError::from)?;
-    Ok(Ok(n))
+    if opened > 0 {
+        queue(jobs)
+            .await
+            .map_err(|error| ReopenError::Queue { opened, error })?;
+    }
+    Ok(Ok(opened))
 }

@@ -1100,3 +1100,53 @@ async fn repositories_are_listed_in_name_order_page_by_page_and_a_token_knows_it
     );
     app.teardown().await;
 }
+
+/// A job consumed the moment it is published must find its delivery open: the reopening is
+/// committed before any job is handed over (a claim skips a row whose committed state is final).
+#[tokio::test]
+async fn a_reopened_delivery_is_committed_before_its_job_is_published() {
+    use tagcast::store::admin::{Reopen, reopen};
+    let app = TestApp::spawn().await;
+    let hook = app
+        .insert_webhook_for(
+            "ns",
+            "race",
+            "h",
+            "http://127.0.0.1:9/",
+            crate::support::app::Trigger::All,
+            None,
+        )
+        .await;
+    let id: uuid::Uuid = app
+        .pg
+        .query_one(
+            "INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status,
+                                     attempts, request_body, created_at, occurred_at, watched)
+             VALUES (gen_random_uuid(), 'e1', $1, 'ns', 'race', 'v1', 'sha256:00', 'failed', 3, '{}', now(), now(), false)
+             RETURNING id",
+            &[&hook],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let pool = tagcast::store::connect(&app.settings.database_url, 2).unwrap();
+    let pg = &app.pg;
+    let opened = reopen(&pool, Reopen::One(id), |jobs| async move {
+        // Another connection, as the job stage's claim would be.
+        let status: String = pg
+            .query_one("SELECT status FROM deliveries WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            status, "pending",
+            "committed before the job {jobs:?} is published"
+        );
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(opened, Ok(1));
+    tagcast::store::close(&pool);
+    app.teardown().await;
+}

@@ -331,6 +331,52 @@ async fn a_person_manages_webhooks_and_reads_and_redelivers_records_in_a_browser
         assert_eq!(b.path().await, "/console/repositories/ns/shop?done=deleted");
         assert_eq!(b.count("#webhooks tbody tr").await, 2);
 
+        // Paging: sixty older records of the webhook, fifty to a page, newest first.
+        app.pg
+            .execute(
+                "INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status,
+                                         attempts, created_at, occurred_at, watched)
+                 SELECT gen_random_uuid(), 'old-' || i, $1, 'ns', 'shop', 'old', 'sha256:00', 'succeeded', 1,
+                        now() - make_interval(hours => 1, secs => i), now(), false
+                   FROM generate_series(1, 60) AS i",
+                &[&every],
+            )
+            .await
+            .unwrap();
+        let total: i64 = app.scalar(&format!("SELECT count(*) FROM deliveries WHERE webhook_id = {every}")).await;
+        b.goto(&format!("/console/webhooks/{every}/records")).await;
+        assert_eq!(b.count("#records tbody tr").await, 50);
+        b.click("nav.pager a[href*='cursor=']").await;
+        assert_eq!(b.count("#records tbody tr").await as i64, total - 50);
+        assert_eq!(b.count("nav.pager a[href*='cursor=']").await, 0, "the last page");
+        b.click("nav.pager a").await;
+        assert_eq!(b.count("#records tbody tr").await, 50, "back to the newest");
+
+        // Recover: a dead endpoint's failed delivery is queued again from its webhook's page.
+        let dead = app
+            .insert_webhook_for("ns", "shop", "dead", "http://127.0.0.1:9/", Trigger::All, None)
+            .await;
+        app.publish_event(&event_for("ns", "shop", "v9")).await;
+        eventually("the dead endpoint's delivery failed", WAIT, || async {
+            let failed: i64 = app
+                .scalar(&format!("SELECT count(*) FROM deliveries WHERE webhook_id = {dead} AND status = 'failed'"))
+                .await;
+            (failed == 1).then_some(())
+        })
+        .await;
+        let attempts: i32 = app.scalar(&format!("SELECT attempts FROM deliveries WHERE webhook_id = {dead}")).await;
+        b.goto(&format!("/console/webhooks/{dead}")).await;
+        // The browser's time field is set as a person's picker would set it.
+        let since = (chrono::Utc::now() - chrono::TimeDelta::hours(1)).format("%Y-%m-%dT%H:%M:%S").to_string();
+        b.script(&format!("document.querySelector('#since').value = '{since}'; return null")).await;
+        b.click("#recover-form button").await;
+        assert!(b.body_text().await.contains("1 failed deliveries were queued"), "{}", b.body_text().await);
+        eventually("another attempt at the dead endpoint", WAIT, || async {
+            let now: i32 = app.scalar(&format!("SELECT attempts FROM deliveries WHERE webhook_id = {dead}")).await;
+            (now > attempts).then_some(())
+        })
+        .await;
+
         // Signing out ends the session.
         b.click("form[action='/console/sign-out'] button").await;
         assert!(b.body_text().await.contains("You are signed out"));
