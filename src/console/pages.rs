@@ -271,7 +271,7 @@ pub async fn create_webhook(
             let outcome = match hook.secret.take() {
                 Some(secret) => Outcome::Secret {
                     secret,
-                    rotated: None,
+                    previous_until: None,
                 },
                 None => Outcome::Done(Notice::Created),
             };
@@ -306,9 +306,8 @@ fn webhook_page(session: &Session, hook: &Webhook, outcome: Option<Outcome>) -> 
 async fn get_webhook(
     state: &ConsoleState,
     session: &Session,
-    id: &str,
+    id: i64,
 ) -> Result<Webhook, ConsoleError> {
-    let id = webhook_id(id)?;
     state.get(session, &format!("/api/v1/webhooks/{id}")).await
 }
 
@@ -324,7 +323,7 @@ pub async fn webhook(
     Path(id): Path<String>,
     Query(q): Query<Paging>,
 ) -> Page {
-    let hook = get_webhook(&state, &session, &id).await?;
+    let hook = get_webhook(&state, &session, webhook_id(&id)?).await?;
     let outcome = Notice::parse(q.done.as_deref()).map(Outcome::Done);
     Ok(webhook_page(&session, &hook, outcome))
 }
@@ -406,7 +405,7 @@ pub async fn test_webhook(
             json!({}),
         )
         .await?;
-    let hook = get_webhook(&state, &session, &id.to_string()).await?;
+    let hook = get_webhook(&state, &session, id).await?;
     Ok(webhook_page(&session, &hook, Some(Outcome::Test(attempt))))
 }
 
@@ -424,10 +423,10 @@ pub async fn rotate_secret(
             json!({}),
         )
         .await?;
-    let hook = get_webhook(&state, &session, &id.to_string()).await?;
+    let hook = get_webhook(&state, &session, id).await?;
     let outcome = Outcome::Secret {
-        secret: rotated.secret.clone(),
-        rotated: Some(rotated),
+        secret: rotated.secret,
+        previous_until: rotated.previous_secret_expires_at,
     };
     Ok(webhook_page(&session, &hook, Some(outcome)))
 }
@@ -446,7 +445,7 @@ pub async fn recover(
     Posted { session, form }: Posted<RecoverForm>,
 ) -> Result<Response, ConsoleError> {
     let id = webhook_id(&id)?;
-    let hook = get_webhook(&state, &session, &id.to_string()).await?;
+    let hook = get_webhook(&state, &session, id).await?;
     let mut errors = FormErrors::default();
     let since = match form_time(&form.since) {
         Ok(Some(at)) => Some(at),
@@ -505,7 +504,7 @@ pub async fn delete_webhook(
     Path(id): Path<String>,
     Posted { session, .. }: Posted<Nothing>,
 ) -> Result<Redirect, ConsoleError> {
-    let hook = get_webhook(&state, &session, &id).await?;
+    let hook = get_webhook(&state, &session, webhook_id(&id)?).await?;
     let _: Value = state
         .call(
             &session.token,
@@ -613,7 +612,7 @@ pub async fn webhook_records(
     Path(id): Path<String>,
     Query(filters): Query<RecordFilters>,
 ) -> Result<Response, ConsoleError> {
-    let hook = get_webhook(&state, &session, &id).await?;
+    let hook = get_webhook(&state, &session, webhook_id(&id)?).await?;
     let api_path = format!("/api/v1/webhooks/{}/deliveries", hook.id);
     records_page(
         &state,

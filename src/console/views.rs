@@ -9,7 +9,7 @@ use super::{Session, segment};
 use crate::api::deliveries::{Delivery, DeliveryPage, Queued};
 use crate::api::repositories::RepositoryPage;
 use crate::api::validate::TriggerRule;
-use crate::api::webhooks::{RotatedSecret, TestAttempt, Webhook, WebhookPage};
+use crate::api::webhooks::{TestAttempt, Webhook, WebhookPage};
 use crate::model::DeliveryStatus;
 use crate::store::admin::DeliveryRow;
 
@@ -553,7 +553,8 @@ pub enum Outcome {
     /// A secret just made (at creation or by rotation): shown this once.
     Secret {
         secret: String,
-        rotated: Option<RotatedSecret>,
+        /// Until when the secret it replaced signs beside it.
+        previous_until: Option<DateTime<Utc>>,
     },
     Test(TestAttempt),
     Recovered(Queued),
@@ -579,11 +580,11 @@ pub fn webhook(session: &Session, view: WebhookView<'_>) -> Markup {
         html! {
             @match &view.outcome {
                 Some(Outcome::Done(n)) => (notice(Some(*n))),
-                Some(Outcome::Secret { secret, rotated }) => {
+                Some(Outcome::Secret { secret, previous_until }) => {
                     div.secret-shown role="status" {
                         p { strong { "The new signing secret" } ", shown this once: copy it to the receiver now." }
                         pre #new-secret { (secret) }
-                        @if let Some(RotatedSecret { previous_secret_expires_at: Some(until), .. }) = rotated {
+                        @if let Some(until) = previous_until {
                             p { "The previous secret signs beside it until " (when(view.now, *until)) "." }
                         }
                     }
