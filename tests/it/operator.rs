@@ -136,7 +136,11 @@ async fn a_delivery_a_retry_a_failure_and_a_clean_stop_are_each_one_clear_line()
         },
     )
     .await;
-    let status = worker.terminate(20 * SECOND).expect("tagcast did not stop");
+    let status = worker.terminate(20 * SECOND).unwrap_or_else(|| {
+        let all = lines.all();
+        let last = &all[all.len().saturating_sub(8)..];
+        panic!("tagcast did not stop within 20 s of SIGTERM; its last lines: {last:#?}")
+    });
     assert!(status.success(), "{status:?}");
 
     let connected = lines

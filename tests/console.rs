@@ -1,6 +1,10 @@
 //! The console in a real headless Chromium against a running tagcast: a person signs in,
 //! manages webhooks, sees access records appear for published events and redelivers one; markup
 //! in data is shown as text; and, over plain HTTP, what a read token and a forged form get.
+//! Its own test binary, which cargo runs apart from the others: browsers are heavy, and the
+//! other tests' timings should not share two cores with them.
+
+mod support;
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -8,10 +12,10 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use tagcast::store::tokens::Scope;
 
-use crate::support::app::{TestApp, Trigger, event_for};
-use crate::support::browser::Browser;
-use crate::support::eventually;
-use crate::support::receiver::{Receiver, Reply};
+use support::app::{TestApp, Trigger, event_for};
+use support::browser::Browser;
+use support::eventually;
+use support::receiver::{Receiver, Reply};
 
 const WAIT: Duration = Duration::from_secs(20);
 
