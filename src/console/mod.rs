@@ -241,22 +241,21 @@ fn safe_next(next: Option<&str>) -> &str {
 }
 
 fn session_cookie(token: &str) -> Cookie<'static> {
-    Cookie::build((COOKIE, token.to_owned()))
-        .path("/console")
-        .http_only(true)
-        .secure(true)
-        .same_site(SameSite::Strict)
-        .max_age(cookie::time::Duration::hours(SESSION_HOURS))
-        .build()
+    cookie(token, cookie::time::Duration::hours(SESSION_HOURS))
 }
 
+/// The session cookie emptied and expired: the browser drops it.
 fn removal() -> Cookie<'static> {
-    Cookie::build((COOKIE, ""))
+    cookie("", cookie::time::Duration::ZERO)
+}
+
+fn cookie(value: &str, max_age: cookie::time::Duration) -> Cookie<'static> {
+    Cookie::build((COOKIE, value.to_owned()))
         .path("/console")
         .http_only(true)
         .secure(true)
         .same_site(SameSite::Strict)
-        .max_age(cookie::time::Duration::ZERO)
+        .max_age(max_age)
         .build()
 }
 
@@ -394,6 +393,16 @@ fn same_origin(parts: &Parts) -> bool {
     site_ok && origin_ok
 }
 
+/// A form's body, if the browser says the request came from this site.
+async fn form_body(parts: &Parts, body: Body) -> Result<axum::body::Bytes, ConsoleError> {
+    if !same_origin(parts) {
+        return Err(ConsoleError::Forged);
+    }
+    to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ConsoleError::BadForm("the form is larger than 64 KiB".into()))
+}
+
 fn parse_form<T: DeserializeOwned>(body: &[u8]) -> Result<T, ConsoleError> {
     serde_urlencoded::from_bytes(body).map_err(|e| ConsoleError::BadForm(format!("the form: {e}")))
 }
@@ -403,15 +412,10 @@ impl<T: DeserializeOwned> FromRequest<ConsoleState> for Posted<T> {
 
     async fn from_request(req: Request, state: &ConsoleState) -> Result<Self, ConsoleError> {
         let (mut parts, body) = req.into_parts();
-        if !same_origin(&parts) {
-            return Err(ConsoleError::Forged);
-        }
+        let body = form_body(&parts, body).await?;
         let session =
             <Session as FromRequestParts<ConsoleState>>::from_request_parts(&mut parts, state)
                 .await?;
-        let body = to_bytes(body, MAX_BODY)
-            .await
-            .map_err(|_| ConsoleError::BadForm("the form is larger than 64 KiB".into()))?;
         let CsrfField { csrf } = parse_form(&body)?;
         if !bool::from(csrf.as_bytes().ct_eq(session.csrf.as_bytes())) {
             return Err(ConsoleError::Forged);
@@ -431,12 +435,7 @@ impl<T: DeserializeOwned> FromRequest<ConsoleState> for SignInForm<T> {
 
     async fn from_request(req: Request, _state: &ConsoleState) -> Result<Self, ConsoleError> {
         let (parts, body) = req.into_parts();
-        if !same_origin(&parts) {
-            return Err(ConsoleError::Forged);
-        }
-        let body = to_bytes(body, MAX_BODY)
-            .await
-            .map_err(|_| ConsoleError::BadForm("the form is larger than 64 KiB".into()))?;
+        let body = form_body(&parts, body).await?;
         Ok(SignInForm(parse_form(&body)?))
     }
 }

@@ -811,7 +811,7 @@ pub fn record(
         Some(session),
         &format!("Access record {}", r.tag),
         &crumbs,
-        !r.status.is_final() && r.status != DeliveryStatus::Retrying,
+        r.status == DeliveryStatus::Pending,
         html! {
             (notice(done))
             @if let Some(p) = problem { p.problem role="alert" { (p) } }
