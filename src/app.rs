@@ -18,13 +18,14 @@ use crate::api::{self, ApiState};
 use crate::client::{ClientSettings, WebhookClient};
 use crate::config::{Misconfigured, STARTUP_GRACE, Settings};
 use crate::consumer::{Lane, consume};
+use crate::gate::EndpointGate;
 use crate::guard::AddressPolicy;
 use crate::health::Health;
 use crate::metrics::{Metrics, Stage};
 use crate::retry::RetryPolicy;
 use crate::stages::{self, Context};
 use crate::store::{self, Pool, Recorder, StartError, WebhookCache};
-use crate::{http, probe, sweeper};
+use crate::{breaker, disabling, http, probe, sweeper};
 
 pub struct App {
     settings: Settings,
@@ -184,7 +185,18 @@ impl App {
         let ctx = Arc::new(Context {
             pool: self.pool.clone(),
             recorder: Recorder::spawn(&self.pool, lease)?,
-            gate: Arc::default(),
+            gate: Arc::new(EndpointGate::new(
+                breaker::Settings {
+                    failures: s.breaker_failures,
+                    cooldown: s.breaker_cooldown,
+                },
+                self.metrics.clone(),
+            )),
+            max_in_flight: s.webhook_max_in_flight,
+            disable: disabling::Rule {
+                after: s.disable_after,
+                min_failed: s.disable_min_failed,
+            },
             inline_slots: tokio::sync::Semaphore::new(stages::INLINE_ATTEMPTS),
             cache: cache.clone(),
             metrics: self.metrics.clone(),

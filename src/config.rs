@@ -208,6 +208,35 @@ pub struct Settings {
           default_value = "30s", value_parser = duration)]
     pub shutdown_grace: Duration,
 
+    /// A webhook whose deliveries have all failed for this long, since its first failure after
+    /// its last success, is disabled (with at least TAGCAST_DISABLE_MIN_FAILED of them).
+    #[arg(long, global = true, env = "TAGCAST_DISABLE_AFTER", value_name = "TAGCAST_DISABLE_AFTER",
+          default_value = "5d", value_parser = duration)]
+    pub disable_after: Duration,
+
+    /// Failed deliveries in that time, at least, for a failing webhook to be disabled.
+    #[arg(long, global = true, env = "TAGCAST_DISABLE_MIN_FAILED", value_name = "TAGCAST_DISABLE_MIN_FAILED",
+          default_value = "20", value_parser = clap::value_parser!(u32).range(1..))]
+    pub disable_min_failed: u32,
+
+    /// Failed attempts in a row (connection errors, timeouts, 5xx, 429) that open a webhook's
+    /// circuit breaker on this replica.
+    #[arg(long, global = true, env = "TAGCAST_BREAKER_FAILURES", value_name = "TAGCAST_BREAKER_FAILURES",
+          default_value = "5", value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_failures: u32,
+
+    /// How long an open breaker holds attempts back before one probes; doubles while the
+    /// probes fail, up to 10m.
+    #[arg(long, global = true, env = "TAGCAST_BREAKER_COOLDOWN", value_name = "TAGCAST_BREAKER_COOLDOWN",
+          default_value = "30s", value_parser = duration)]
+    pub breaker_cooldown: Duration,
+
+    /// Attempts in flight to one webhook on this replica, for a webhook whose max_in_flight
+    /// column is null.
+    #[arg(long, global = true, env = "TAGCAST_WEBHOOK_MAX_IN_FLIGHT", value_name = "TAGCAST_WEBHOOK_MAX_IN_FLIGHT",
+          default_value = "64", value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_max_in_flight: u32,
+
     /// Events handled at once (the events queue's prefetch is a quarter more).
     #[arg(long, global = true, env = "TAGCAST_EVENT_CONCURRENCY", value_name = "TAGCAST_EVENT_CONCURRENCY",
           default_value = "512", value_parser = clap::value_parser!(u16).range(1..))]
@@ -304,6 +333,18 @@ mod tests {
         );
         assert!(!s.allow_private_targets);
         assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(
+            (s.disable_after, s.disable_min_failed),
+            (Duration::from_secs(5 * 86_400), 20)
+        );
+        assert_eq!(
+            (
+                s.breaker_failures,
+                s.breaker_cooldown,
+                s.webhook_max_in_flight
+            ),
+            (5, Duration::from_secs(30), 64)
+        );
     }
 
     #[test]

@@ -1,13 +1,20 @@
-//! Which deliveries the event stage may attempt itself. A first attempt made inline saves a
-//! trip through the broker, but it holds its event until it completes: an endpoint that is slow,
-//! failing or already busy gets its deliveries handed to the delivery queue instead, so it can
-//! never take the concurrency other webhooks need.
+//! What this replica lets through to each webhook (contract section 14): its circuit breaker,
+//! its cap on attempts in flight, and which deliveries the event stage may attempt itself.
+//!
+//! A first attempt made inline saves a trip through the broker, but it holds its event until
+//! it completes: an endpoint that is slow, failing or already busy gets its deliveries handed to
+//! the delivery queue instead, so it can never take the concurrency other webhooks need. A job
+//! that may not go now is told when to ask again and waits in the broker, never here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Inline attempts in flight to one webhook at most.
+use crate::breaker::{self, Admission, Breaker, Signal, To};
+use crate::metrics::Metrics;
+use crate::retry::AttemptOutcome;
+
+/// Inline attempts in flight to one webhook at most (its cap applies too).
 const MAX_INLINE_PER_WEBHOOK: u32 = 512;
 /// An endpoint with attempts in flight and none finished for this long counts as stalled.
 const STALLED_AFTER: Duration = Duration::from_millis(500);
@@ -16,78 +23,210 @@ const SLOW_ATTEMPT: Duration = Duration::from_secs(1);
 /// ...for this long.
 const SLOW_FOR: Duration = Duration::from_secs(30);
 
-#[derive(Default)]
 pub struct EndpointGate {
     // A std lock: held for a map lookup only, never across an await.
     endpoints: Mutex<HashMap<i64, Endpoint>>,
+    breaker: breaker::Settings,
+    metrics: Metrics,
 }
 
 struct Endpoint {
-    in_flight: u32,
+    /// Inline attempts in flight.
+    inline: u32,
+    /// All attempts in flight, inline or not.
+    attempts: u32,
     last_done: Instant,
     slow_until: Option<Instant>,
+    breaker: Breaker,
 }
 
-/// Permission for one inline attempt; gives it back when dropped.
+impl Endpoint {
+    fn new(now: Instant) -> Endpoint {
+        Endpoint {
+            inline: 0,
+            attempts: 0,
+            last_done: now,
+            slow_until: None,
+            breaker: Breaker::default(),
+        }
+    }
+
+    /// Nothing in flight, nothing to remember: the entry can go.
+    fn is_idle(&self, now: Instant) -> bool {
+        self.attempts == 0
+            && self.slow_until.is_none_or(|until| until <= now)
+            && self.breaker.is_idle()
+    }
+}
+
+/// The answer to a job that asks to make its attempt.
+pub enum Admit {
+    Go(Pass),
+    Wait(Wait),
+}
+
+/// Why a job may not make its attempt now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The webhook's breaker is open: ask again at `until`.
+    Breaker { until: Instant },
+    /// The webhook has as many attempts in flight as its cap allows.
+    Full,
+}
+
+/// Permission for one attempt; gives it back when dropped.
 pub struct Pass {
     gate: Arc<EndpointGate>,
     webhook_id: i64,
+    inline: bool,
+    /// The one probe of a half-open breaker.
+    probe: bool,
+    reported: bool,
 }
 
 impl EndpointGate {
+    pub fn new(breaker: breaker::Settings, metrics: Metrics) -> EndpointGate {
+        EndpointGate {
+            endpoints: Mutex::default(),
+            breaker,
+            metrics,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Endpoint>> {
-        // Every update is a single field write: a panic elsewhere cannot leave an entry half
-        // changed, so a poisoned lock is still sound to use.
+        // Every update leaves each entry whole before the lock is let go: a panic elsewhere
+        // cannot leave one half changed, so a poisoned lock is still sound to use.
         self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A pass for an inline attempt to `webhook_id`, or `None` to hand the delivery off.
-    pub fn try_inline(self: &Arc<Self>, webhook_id: i64, now: Instant) -> Option<Pass> {
+    /// A pass for an inline first attempt to `webhook_id`, or `None` to hand the delivery off.
+    /// `cap` is the webhook's `max_in_flight`.
+    pub fn try_inline(self: &Arc<Self>, webhook_id: i64, cap: u32, now: Instant) -> Option<Pass> {
         let mut endpoints = self.lock();
-        let e = endpoints.entry(webhook_id).or_insert(Endpoint {
-            in_flight: 0,
-            last_done: now,
-            slow_until: None,
-        });
+        let e = endpoints
+            .entry(webhook_id)
+            .or_insert_with(|| Endpoint::new(now));
         let slow = e.slow_until.is_some_and(|until| until > now);
-        let stalled = e.in_flight > 0 && now.duration_since(e.last_done) > STALLED_AFTER;
-        if slow || stalled || e.in_flight >= MAX_INLINE_PER_WEBHOOK {
+        let stalled = e.attempts > 0 && now.duration_since(e.last_done) > STALLED_AFTER;
+        // An open breaker is asked by jobs alone: its probe is one of them.
+        if e.breaker.is_open()
+            || slow
+            || stalled
+            || e.inline >= MAX_INLINE_PER_WEBHOOK
+            || e.attempts >= cap
+        {
             return None;
         }
-        if e.in_flight == 0 {
+        if e.attempts == 0 {
             e.last_done = now;
         }
-        e.in_flight += 1;
-        Some(Pass {
+        e.inline += 1;
+        e.attempts += 1;
+        Some(self.pass(webhook_id, true, false))
+    }
+
+    /// Whether a job may make its attempt to `webhook_id` now. `cap` is its `max_in_flight`.
+    pub fn admit(self: &Arc<Self>, webhook_id: i64, cap: u32, now: Instant) -> Admit {
+        let mut endpoints = self.lock();
+        let e = endpoints
+            .entry(webhook_id)
+            .or_insert_with(|| Endpoint::new(now));
+        // Checked first, so that a half-open breaker's probe is not spent on a full webhook.
+        if e.attempts >= cap {
+            return Admit::Wait(Wait::Full);
+        }
+        let was_open = e.breaker.is_open();
+        let (admission, to) = e.breaker.admit(now);
+        self.count(was_open, e.breaker.is_open(), to);
+        let probe = match admission {
+            Admission::Attempt => false,
+            Admission::Probe => true,
+            Admission::Wait { until } => return Admit::Wait(Wait::Breaker { until }),
+        };
+        if e.attempts == 0 {
+            e.last_done = now;
+        }
+        e.attempts += 1;
+        Admit::Go(self.pass(webhook_id, false, probe))
+    }
+
+    /// A pass whatever the breaker and the cap say, for an attempt already claimed when the
+    /// webhook's settings were seen to change: the cap may be passed by one, once.
+    pub fn force(self: &Arc<Self>, webhook_id: i64, now: Instant) -> Pass {
+        let mut endpoints = self.lock();
+        let e = endpoints
+            .entry(webhook_id)
+            .or_insert_with(|| Endpoint::new(now));
+        e.attempts += 1;
+        self.pass(webhook_id, false, false)
+    }
+
+    fn pass(self: &Arc<Self>, webhook_id: i64, inline: bool, probe: bool) -> Pass {
+        Pass {
             gate: self.clone(),
             webhook_id,
-        })
+            inline,
+            probe,
+            reported: false,
+        }
+    }
+
+    /// Keeps `tagcast_breakers_open` and `tagcast_breaker_transitions_total` in step.
+    fn count(&self, was_open: bool, is_open: bool, to: Option<To>) {
+        if let Some(to) = to {
+            self.metrics.breaker_transition(to);
+        }
+        match (was_open, is_open) {
+            (false, true) => self.metrics.breakers_open.inc(),
+            (true, false) => self.metrics.breakers_open.dec(),
+            _ => {}
+        }
     }
 }
 
 impl Pass {
-    /// Reports how the attempt went: a slow or unreachable endpoint stops getting inline attempts.
-    pub fn report(&self, took: Duration, unreachable: bool) {
-        let mut endpoints = self.gate.lock();
-        if let Some(e) = endpoints.get_mut(&self.webhook_id) {
-            let now = Instant::now();
-            e.last_done = now;
-            if unreachable || took > SLOW_ATTEMPT {
-                e.slow_until = Some(now + SLOW_FOR);
-            }
+    /// Reports how the attempt went: its breaker learns from it, and a slow or unreachable
+    /// endpoint stops getting inline attempts for a while.
+    pub fn report(&mut self, took: Duration, outcome: &AttemptOutcome) {
+        let gate = self.gate.clone();
+        let mut endpoints = gate.lock();
+        let Some(e) = endpoints.get_mut(&self.webhook_id) else {
+            return;
+        };
+        let now = Instant::now();
+        e.last_done = now;
+        let unreachable = matches!(outcome, AttemptOutcome::Timeout | AttemptOutcome::Connect);
+        if unreachable || took > SLOW_ATTEMPT {
+            e.slow_until = Some(now + SLOW_FOR);
         }
+        let was_open = e.breaker.is_open();
+        let to = e
+            .breaker
+            .record(Signal::of(outcome), self.probe, &gate.breaker, now);
+        gate.count(was_open, e.breaker.is_open(), to);
+        self.reported = true;
     }
 }
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        let mut endpoints = self.gate.lock();
-        if let Some(e) = endpoints.get_mut(&self.webhook_id) {
-            e.in_flight = e.in_flight.saturating_sub(1);
-            // Forget idle, healthy endpoints: the map holds only what is busy or slow.
-            if e.in_flight == 0 && e.slow_until.is_none_or(|until| until <= Instant::now()) {
-                endpoints.remove(&self.webhook_id);
-            }
+        let gate = self.gate.clone();
+        let mut endpoints = gate.lock();
+        let Some(e) = endpoints.get_mut(&self.webhook_id) else {
+            return;
+        };
+        let now = Instant::now();
+        e.attempts = e.attempts.saturating_sub(1);
+        if self.inline {
+            e.inline = e.inline.saturating_sub(1);
+        }
+        if self.probe && !self.reported {
+            let to = e.breaker.abandon_probe(now);
+            gate.count(true, e.breaker.is_open(), to);
+        }
+        // Forget idle, healthy endpoints: the map holds only what is busy, slow or failing.
+        if e.is_idle(now) {
+            endpoints.remove(&self.webhook_id);
         }
     }
 }
@@ -96,33 +235,80 @@ impl Drop for Pass {
 mod tests {
     use super::*;
 
+    const CAP: u32 = 64;
+
+    fn gate(failures: u32) -> Arc<EndpointGate> {
+        Arc::new(EndpointGate::new(
+            breaker::Settings {
+                failures,
+                cooldown: Duration::from_secs(30),
+            },
+            Metrics::new(),
+        ))
+    }
+
+    fn go(admit: Admit) -> Pass {
+        match admit {
+            Admit::Go(pass) => pass,
+            Admit::Wait(wait) => panic!("told to wait: {wait:?}"),
+        }
+    }
+
+    fn wait(admit: Admit) -> Wait {
+        match admit {
+            Admit::Go(_) => panic!("let through"),
+            Admit::Wait(wait) => wait,
+        }
+    }
+
+    const REFUSED: AttemptOutcome = AttemptOutcome::Connect;
+    const OK: AttemptOutcome = AttemptOutcome::Response {
+        status: 200,
+        retry_after: None,
+    };
+
     #[test]
-    fn a_healthy_endpoint_is_attempted_inline_up_to_the_cap() {
-        let gate = Arc::new(EndpointGate::default());
+    fn a_healthy_endpoint_is_attempted_inline_up_to_the_caps() {
+        let gate = gate(5);
         let now = Instant::now();
         let passes: Vec<Pass> = (0..MAX_INLINE_PER_WEBHOOK)
-            .map(|_| gate.try_inline(1, now).expect("within the cap"))
+            .map(|_| gate.try_inline(1, 10_000, now).expect("within the cap"))
             .collect();
-        assert!(gate.try_inline(1, now).is_none(), "over the cap");
+        assert!(gate.try_inline(1, 10_000, now).is_none(), "over the cap");
         assert!(
-            gate.try_inline(2, now).is_some(),
+            gate.try_inline(2, CAP, now).is_some(),
             "other webhooks are not affected"
         );
         drop(passes);
-        assert!(gate.try_inline(1, now).is_some());
+        assert!(gate.try_inline(1, CAP, now).is_some());
+    }
+
+    #[test]
+    fn a_webhooks_cap_counts_inline_attempts_and_jobs_together() {
+        let gate = gate(5);
+        let now = Instant::now();
+        let inline = gate.try_inline(7, 2, now).unwrap();
+        let job = go(gate.admit(7, 2, now));
+        assert_eq!(wait(gate.admit(7, 2, now)), Wait::Full);
+        assert!(gate.try_inline(7, 2, now).is_none());
+        let _other = go(gate.admit(8, 2, now));
+        drop(inline);
+        let _again = go(gate.admit(7, 2, now));
+        drop(job);
+        assert!(gate.metrics.render().contains("tagcast_breakers_open 0"));
     }
 
     #[test]
     fn a_stalled_endpoint_is_handed_off() {
-        let gate = Arc::new(EndpointGate::default());
+        let gate = gate(5);
         let start = Instant::now();
-        let _hanging = gate.try_inline(1, start).unwrap();
+        let _hanging = gate.try_inline(1, CAP, start).unwrap();
         assert!(
-            gate.try_inline(1, start + Duration::from_millis(100))
+            gate.try_inline(1, CAP, start + Duration::from_millis(100))
                 .is_some()
         );
         assert!(
-            gate.try_inline(1, start + Duration::from_millis(600))
+            gate.try_inline(1, CAP, start + Duration::from_millis(600))
                 .is_none(),
             "nothing finished for 600 ms"
         );
@@ -130,30 +316,73 @@ mod tests {
 
     #[test]
     fn a_slow_or_unreachable_endpoint_is_handed_off_for_a_while() {
-        let gate = Arc::new(EndpointGate::default());
-        let pass = gate.try_inline(1, Instant::now()).unwrap();
-        pass.report(Duration::from_millis(1500), false);
+        let gate = gate(5);
+        let mut pass = gate.try_inline(1, CAP, Instant::now()).unwrap();
+        pass.report(Duration::from_millis(1500), &OK);
         drop(pass);
-        assert!(gate.try_inline(1, Instant::now()).is_none());
+        assert!(gate.try_inline(1, CAP, Instant::now()).is_none());
         assert!(
-            gate.try_inline(1, Instant::now() + SLOW_FOR + Duration::from_secs(1))
+            gate.try_inline(1, CAP, Instant::now() + SLOW_FOR + Duration::from_secs(1))
                 .is_some()
         );
 
-        let pass = gate.try_inline(3, Instant::now()).unwrap();
-        pass.report(Duration::from_millis(5), true);
+        let mut pass = gate.try_inline(3, CAP, Instant::now()).unwrap();
+        pass.report(Duration::from_millis(5), &REFUSED);
         drop(pass);
         assert!(
-            gate.try_inline(3, Instant::now()).is_none(),
+            gate.try_inline(3, CAP, Instant::now()).is_none(),
             "connection refused or timed out"
         );
     }
 
     #[test]
+    fn an_open_breaker_holds_back_jobs_and_inline_attempts_and_lets_one_probe_through() {
+        let gate = gate(2);
+        let now = Instant::now();
+        for _ in 0..2 {
+            let mut pass = go(gate.admit(1, CAP, now));
+            pass.report(Duration::from_millis(1), &REFUSED);
+        }
+        let Wait::Breaker { until } = wait(gate.admit(1, CAP, now)) else {
+            panic!("not the breaker")
+        };
+        // The cooldown runs from the second failure's report.
+        assert!(
+            (30..31).contains(&(until - now).as_secs()),
+            "{:?}",
+            until - now
+        );
+        let later = now + SLOW_FOR + Duration::from_secs(31);
+        assert!(gate.try_inline(1, CAP, later).is_none(), "open: jobs only");
+        let text = gate.metrics.render();
+        assert!(text.contains("tagcast_breakers_open 1"), "{text}");
+
+        // The probe, dropped before it sent anything: the next job probes instead.
+        drop(go(gate.admit(1, CAP, later)));
+        let mut probe = go(gate.admit(1, CAP, later));
+        assert!(matches!(
+            wait(gate.admit(1, CAP, later)),
+            Wait::Breaker { .. }
+        ));
+        probe.report(Duration::from_millis(1), &OK);
+        drop(probe);
+        let _closed = go(gate.admit(1, CAP, later));
+        let text = gate.metrics.render();
+        assert!(text.contains("tagcast_breakers_open 0"), "{text}");
+        for to in ["open", "half_open", "closed"] {
+            assert!(
+                text.contains(&format!("tagcast_breaker_transitions_total{{to=\"{to}\"}}")),
+                "{to}: {text}"
+            );
+        }
+    }
+
+    #[test]
     fn idle_endpoints_are_forgotten() {
-        let gate = Arc::new(EndpointGate::default());
+        let gate = gate(5);
         for id in 0..1000 {
-            drop(gate.try_inline(id, Instant::now()));
+            drop(gate.try_inline(id, CAP, Instant::now()));
+            drop(go(gate.admit(id, CAP, Instant::now())));
         }
         assert!(gate.endpoints.lock().unwrap().is_empty());
     }

@@ -6,7 +6,8 @@
 //!
 //! - **Leaves**, pure or nearly: [`model`] (a delivery's status and record, its id),
 //!   [`redact`], [`backoff`], [`events`], [`trigger`], [`payload`], [`status`], [`retry`], [`guard`],
-//!   [`gate`], [`metrics`], [`health`], [`sampled`] (rate-limited log lines), and [`config`] (the settings, read by `app` alone).
+//!   [`breaker`] and [`disabling`] (endpoint health's rules), [`gate`] (what each webhook is let
+//!   through: breaker, cap, inline attempts), [`metrics`], [`health`], [`sampled`] (rate-limited log lines), and [`config`] (the settings, read by `app` alone).
 //! - **I/O**: [`store`] (all SQL), [`amqp`] (topology, publisher, connection, acknowledgements,
 //!   queue depths), [`client`] (the webhook HTTP client), [`http`] (metrics and health).
 //! - **[`consumer`]**: the consume loop, generic over its stage, and the one place where an
@@ -44,11 +45,13 @@ pub mod amqp;
 pub mod api;
 pub mod app;
 pub mod backoff;
+pub mod breaker;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod console;
 pub mod consumer;
+pub mod disabling;
 pub mod events;
 pub mod gate;
 pub mod guard;

@@ -6,6 +6,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::breaker::To;
+use crate::disabling::Reason;
 use crate::trigger::TriggerKind;
 
 /// `result` of `tagcast_events_received_total`.
@@ -28,7 +30,6 @@ pub enum AttemptLabel {
     Blocked,
 }
 
-/// Which broker queue a dead-lettered or redelivered message came from.
 /// How a delivery ended: the `status` label of `tagcast_deliveries_completed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completed {
@@ -46,6 +47,17 @@ pub enum FirstAttempt {
     Queued,
 }
 
+/// Why a job waited in the broker instead of making its attempt: the `reason` label of
+/// `tagcast_deliveries_deferred_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferred {
+    /// Its webhook's breaker is open.
+    Breaker,
+    /// Its webhook has `max_in_flight` attempts under way on this replica.
+    MaxInFlight,
+}
+
+/// Which broker queue a dead-lettered or redelivered message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Events,
@@ -99,6 +111,10 @@ pub struct Metrics {
     pub database_retries: IntCounter,
     pub status_publish_failures: IntCounter,
     pub swept: IntCounter,
+    webhooks_disabled: IntCounterVec,
+    pub breakers_open: IntGauge,
+    breaker_transitions: IntCounterVec,
+    deferred: IntCounterVec,
     up: IntGaugeVec,
     queue_messages: IntGaugeVec,
 }
@@ -197,6 +213,29 @@ impl Metrics {
                 "tagcast_status_publish_failures_total",
                 "Status events or jobs the broker did not confirm.",
             ),
+            webhooks_disabled: counter_vec(
+                r,
+                "tagcast_webhooks_disabled_total",
+                "Webhooks tagcast disabled, by reason: gone (410) or failing.",
+                &["reason"],
+            ),
+            breakers_open: gauge(
+                r,
+                "tagcast_breakers_open",
+                "Webhooks whose circuit breaker is open or half open on this replica.",
+            ),
+            breaker_transitions: counter_vec(
+                r,
+                "tagcast_breaker_transitions_total",
+                "Circuit breaker state changes on this replica, by the state entered.",
+                &["to"],
+            ),
+            deferred: counter_vec(
+                r,
+                "tagcast_deliveries_deferred_total",
+                "Jobs sent back to wait in the broker without an attempt, by reason: breaker or max_in_flight.",
+                &["reason"],
+            ),
             up: {
                 let g = IntGaugeVec::new(
                     Opts::new(
@@ -234,6 +273,18 @@ impl Metrics {
             &metrics.registry,
             prometheus::process_collector::ProcessCollector::for_self(),
         );
+        // Every series of these exists from the start, so an alert on their increase sees
+        // the first one.
+        for reason in [Reason::Gone, Reason::Failing] {
+            metrics
+                .webhooks_disabled
+                .with_label_values(&[reason.as_str()]);
+        }
+        for to in [To::Open, To::HalfOpen, To::Closed] {
+            metrics
+                .breaker_transitions
+                .with_label_values(&[to.as_str()]);
+        }
         metrics
     }
 
@@ -287,6 +338,26 @@ impl Metrics {
             FirstAttempt::Queued => "queued",
         };
         self.first_attempts.with_label_values(&[label]).inc();
+    }
+
+    pub fn webhook_disabled(&self, reason: Reason) {
+        self.webhooks_disabled
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    pub fn breaker_transition(&self, to: To) {
+        self.breaker_transitions
+            .with_label_values(&[to.as_str()])
+            .inc();
+    }
+
+    pub fn deferred(&self, why: Deferred) {
+        let label = match why {
+            Deferred::Breaker => "breaker",
+            Deferred::MaxInFlight => "max_in_flight",
+        };
+        self.deferred.with_label_values(&[label]).inc();
     }
 
     pub fn redelivered(&self, stage: Stage) {
@@ -385,6 +456,10 @@ mod tests {
             "tagcast_retries_scheduled_total 0",
             "tagcast_build_info{version=",
             "process_resident_memory_bytes",
+            "tagcast_webhooks_disabled_total{reason=\"gone\"} 0",
+            "tagcast_webhooks_disabled_total{reason=\"failing\"} 0",
+            "tagcast_breakers_open 0",
+            "tagcast_breaker_transitions_total{to=\"open\"} 0",
         ] {
             assert!(text.contains(family), "missing {family} in\n{text}");
         }

@@ -1,5 +1,6 @@
-//! Status events (contract section 7): the message published each time a delivery becomes
-//! `not_triggered`, `retrying`, `succeeded` or `failed`.
+//! Status events (contract sections 7 and 14): the message published each time a delivery
+//! becomes `not_triggered`, `retrying`, `succeeded` or `failed`, and the one published when
+//! tagcast disables a webhook.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -73,6 +74,27 @@ impl<'a> StatusEvent<'a> {
     }
 }
 
+/// `webhook.disabled`: tagcast disabled a webhook. Field order is the contract's key order.
+#[derive(Debug, Serialize)]
+pub struct WebhookDisabled<'a> {
+    pub webhook_id: i64,
+    pub webhook_name: &'a str,
+    pub namespace: &'a str,
+    pub repository: &'a str,
+    pub reason: &'static str,
+    #[serde(serialize_with = "utc_millis::serialize")]
+    pub at: DateTime<Utc>,
+}
+
+impl WebhookDisabled<'_> {
+    pub const ROUTING_KEY: &'static str = "webhook.disabled";
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Strings, a number and a formatted date: serialization cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +146,25 @@ mod tests {
         assert_eq!(json["attempt"], 0);
         assert!(json["http_status"].is_null() && json["duration_ms"].is_null());
         assert_eq!(json["status"], "not_triggered");
+    }
+
+    #[test]
+    fn a_disabled_webhook_is_announced_in_the_contracts_shape() {
+        let at = DateTime::parse_from_rfc3339("2026-12-03T10:00:00.5Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let event = WebhookDisabled {
+            webhook_id: 42,
+            webhook_name: "deploy",
+            namespace: "namespace",
+            repository: "repoTest",
+            reason: crate::disabling::Reason::Gone.as_str(),
+            at,
+        };
+        assert_eq!(
+            String::from_utf8(event.to_json()).unwrap(),
+            r#"{"webhook_id":42,"webhook_name":"deploy","namespace":"namespace","repository":"repoTest","reason":"gone","at":"2026-12-03T10:00:00.500Z"}"#
+        );
     }
 
     #[test]

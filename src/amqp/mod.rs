@@ -217,6 +217,10 @@ pub struct Job {
     /// Unix milliseconds on the wire.
     #[serde(with = "chrono::serde::ts_milliseconds")]
     pub not_before: DateTime<Utc>,
+    /// The delivery's webhook, so that its breaker and cap are asked before the database;
+    /// absent from jobs queued by the sweeper and by older versions, which look it up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_id: Option<i64>,
 }
 
 /// Publishes on one channel in confirm mode. Cheap to clone.
@@ -242,9 +246,20 @@ impl Publisher {
         } else {
             self.topology.delay_queue(delay_step(remaining))
         };
+        self.send_job(&queue, job).await
+    }
+
+    /// Sends a job to wait about `wait` in a delay queue, due or not: for an attempt held back
+    /// by its webhook's cap.
+    pub async fn job_in(&self, job: &Job, wait: Duration) -> Result<Pending, AmqpError> {
+        let queue = self.topology.delay_queue(delay_step(wait));
+        self.send_job(&queue, job).await
+    }
+
+    async fn send_job(&self, queue: &str, job: &Job) -> Result<Pending, AmqpError> {
         // A Job always serializes: plain numbers and a UUID.
         let body = serde_json::to_vec(job).unwrap_or_default();
-        self.publish("", &queue, &body).await
+        self.publish("", queue, &body).await
     }
 
     /// Queues each `(delivery, attempt)` as a job due now and waits until the broker confirmed
@@ -260,6 +275,7 @@ impl Publisher {
                 delivery_id,
                 attempt,
                 not_before: now,
+                webhook_id: None,
             };
             pending.push(self.job(&job, now).await?);
         }

@@ -1,5 +1,6 @@
 //! One attempt of a claimed delivery, shared by both stages: POST, record, then publish the
-//! status event and, for a retry, the next job.
+//! status event and, for a retry, the next job; a webhook that is gone or keeps failing is
+//! disabled ([`disable`](super::disable)).
 
 use chrono::Utc;
 
@@ -22,14 +23,14 @@ pub struct Target<'a> {
 }
 
 /// Makes attempt `n` of a claimed delivery, records it, and publishes its status event and, for
-/// a retry, the next job. `pass` is set for an attempt the event stage makes inline.
+/// a retry, the next job. `pass` is the webhook's permission for it (see [`crate::gate`]).
 pub async fn attempt(
     ctx: &Context,
     publisher: &Publisher,
     mut record: DeliveryRecord,
     target: Target<'_>,
     n: i32,
-    pass: Option<Pass>,
+    mut pass: Pass,
 ) -> Result<Done, StageError> {
     ctx.metrics.in_flight.inc();
     let report = ctx
@@ -44,9 +45,9 @@ pub async fn attempt(
     ctx.metrics.in_flight.dec();
     ctx.metrics
         .attempt(report.label(), report.duration.as_secs_f64());
-    if let Some(pass) = pass {
-        pass.report(report.duration, report.unreachable());
-    }
+    pass.report(report.duration, &report.outcome);
+    // Given back now: the cap counts requests, not the bookkeeping after them.
+    drop(pass);
 
     let (status, retry_in) = match classify(&report.outcome) {
         Verdict::Succeeded => (DeliveryStatus::Succeeded, None),
@@ -83,13 +84,13 @@ pub async fn attempt(
     // lost. Either way what follows it may be missing: the repeat of the message finishes it
     // from the record (status event, next attempt). On shutdown the receiver may have the
     // notification while nothing says so: the redelivery sends it again, same webhook-id.
-    match ctx
+    let failing = match ctx
         .db(|| ctx.recorder.attempt(record.id, new.clone()))
         .await?
     {
-        AttemptRecorded::Now => {}
+        AttemptRecorded::Now { failing } => failing,
         AttemptRecorded::Before => return Err(StageError::AlreadyRecorded),
-    }
+    };
 
     log_outcome(ctx, &record, &target, n, &new, retry_in);
     match status {
@@ -115,6 +116,7 @@ pub async fn attempt(
     if status == DeliveryStatus::Retrying {
         done.push(publisher.job(&next_job(&record), Utc::now()).await?);
     }
+    done.extend(super::disable::after_attempt(ctx, publisher, &record, failing).await?);
     Ok(done)
 }
 
@@ -183,6 +185,7 @@ pub fn next_job(record: &DeliveryRecord) -> Job {
         delivery_id: record.id,
         attempt: record.attempts + 1,
         not_before: record.next_attempt_at.unwrap_or_else(Utc::now),
+        webhook_id: Some(record.webhook_id),
     }
 }
 

@@ -99,9 +99,10 @@ async fn fan_out(
         .iter()
         .map(|w| {
             let mut d = decide(ctx, w, &event);
+            let cap = w.max_in_flight.unwrap_or(ctx.max_in_flight);
             if d.status == DeliveryStatus::Pending
                 && inline
-                && let Some(pass) = ctx.gate.try_inline(w.id, now)
+                && let Some(pass) = ctx.gate.try_inline(w.id, cap, now)
             {
                 passes.insert(w.id, pass);
                 d.claim_first_attempt = true;
@@ -125,12 +126,12 @@ async fn fan_out(
         // Every record comes from one of these webhooks; were one not found, its claimed
         // delivery would go to a job, attempted once the claim's lease ran out.
         let webhook = webhooks.iter().find(|w| w.id == record.webhook_id);
-        match (plan(record.status, created, pass.is_some()), webhook) {
-            (Plan::AttemptInline, Some(webhook)) => {
+        match (plan(record.status, created, pass.is_some()), webhook, pass) {
+            (Plan::AttemptInline, Some(webhook), Some(pass)) => {
                 ctx.metrics.first_attempt(FirstAttempt::Inline);
                 inline.push((record, pass, webhook.clone()));
             }
-            (Plan::AttemptInline | Plan::QueueJob, _) => {
+            (Plan::AttemptInline | Plan::QueueJob, _, _) => {
                 if created {
                     ctx.metrics.first_attempt(FirstAttempt::Queued);
                 }
@@ -138,10 +139,11 @@ async fn fan_out(
                     delivery_id: record.id,
                     attempt: record.attempts + 1,
                     not_before: record.next_attempt_at.unwrap_or(now),
+                    webhook_id: Some(record.webhook_id),
                 };
                 done.push(publisher.job(&job, now).await?);
             }
-            (Plan::PublishStatus, _) => {
+            (Plan::PublishStatus, _, _) => {
                 if created && record.status == DeliveryStatus::Failed {
                     ctx.metrics.completed(Completed::Failed);
                     tracing::warn!(delivery_id = %record.id, webhook_id = record.webhook_id, error = record.error.as_deref(), "webhook row cannot be used");

@@ -1,8 +1,11 @@
-//! The job stage: one message of the delivery queue is one attempt. Claim it in the database,
-//! then attempt it (see [`attempt`](super::attempt)); a job that is not due yet moves on to its
-//! next delay step.
+//! The job stage: one message of the delivery queue is one attempt. Ask the webhook's breaker
+//! and cap ([`crate::gate`]), claim it in the database, then attempt it (see
+//! [`attempt`](super::attempt)); a job that is not due yet, or held back, goes back to a delay
+//! queue, and one of a disabled webhook ends without a request.
 
 use std::sync::Arc;
+
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tracing::Instrument as _;
@@ -11,6 +14,8 @@ use super::Context;
 use super::attempt::{Target, attempt, next_job, publish_status};
 use crate::amqp::{Job, Publisher};
 use crate::consumer::{Done, Handled, Inbound, StageError};
+use crate::gate::{Admit, Wait};
+use crate::metrics::{Completed, Deferred};
 use crate::model::{DeliveryRecord, DeliveryStatus};
 use crate::store::{self, Claim};
 
@@ -32,11 +37,41 @@ async fn run(ctx: &Context, publisher: &Publisher, job: Job) -> Result<Done, Sta
         // Still waiting: on to the next delay step.
         return Ok(Done::after(vec![publisher.job(&job, now).await?]));
     }
+    let webhook_id = match job.webhook_id {
+        Some(id) => id,
+        None => match ctx
+            .db(|| store::deliveries::webhook_of(&ctx.pool, job.delivery_id))
+            .await?
+        {
+            Some(id) => id,
+            None => {
+                tracing::info!("webhook deleted; its queued delivery is dropped");
+                return Ok(Done::default());
+            }
+        },
+    };
+    let job = Job {
+        webhook_id: Some(webhook_id),
+        ..job
+    };
+    // Asked before the database, so that a held-back attempt costs no claim. A webhook
+    // deleted or disabled gets no pass: the claim says which, and nothing is sent.
+    let limits = ctx.db(|| ctx.cache.limits(webhook_id)).await?;
+    let mut pass = None;
+    if let Some(limits) = limits.filter(|l| l.enabled) {
+        let cap = limits.max_in_flight.unwrap_or(ctx.max_in_flight);
+        match ctx.gate.admit(webhook_id, cap, Instant::now()) {
+            Admit::Go(admitted) => pass = Some(admitted),
+            Admit::Wait(wait) => return defer(ctx, publisher, job, wait, now).await,
+        }
+    }
     let claim = ctx
         .db(|| store::deliveries::claim(&ctx.pool, job.delivery_id, job.attempt, ctx.lease))
         .await?;
     match after_claim(claim, &job, now) {
         Next::Attempt(claimed) => {
+            // Enabled a moment ago, after the cache was read: this attempt goes anyway.
+            let pass = pass.unwrap_or_else(|| ctx.gate.force(webhook_id, Instant::now()));
             let secrets = claimed.secrets.signing(now);
             let target = Target {
                 url: &claimed.url,
@@ -49,7 +84,7 @@ async fn run(ctx: &Context, publisher: &Publisher, job: Job) -> Result<Done, Sta
                 claimed.record.clone(),
                 target,
                 job.attempt,
-                None,
+                pass,
             )
             .await
         }
@@ -65,7 +100,73 @@ async fn run(ctx: &Context, publisher: &Publisher, job: Job) -> Result<Done, Sta
             Ok(done)
         }
         Next::Later(later) => Ok(Done::after(vec![publisher.job(&later, now).await?])),
+        Next::EndDisabled => end_disabled(ctx, publisher, &job).await,
     }
+}
+
+/// A job held back by its webhook's cap waits again a quarter of what it has waited so far,
+/// within these bounds: a backlog over the cap costs the broker a message every few seconds
+/// per job, while a short queue moves on within a quarter second.
+const FULL_WAIT: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(4));
+/// A job held back this long says so to the database, or the sweeper, seeing no change for a
+/// minute, would take it for lost and queue another.
+const TOUCH_AFTER: Duration = Duration::from_secs(30);
+
+/// Sends a job back to wait in the broker, its attempt not spent.
+async fn defer(
+    ctx: &Context,
+    publisher: &Publisher,
+    mut job: Job,
+    wait: Wait,
+    now: DateTime<Utc>,
+) -> Result<Done, StageError> {
+    match wait {
+        Wait::Breaker { until } => {
+            ctx.metrics.deferred(Deferred::Breaker);
+            let left = until.saturating_duration_since(Instant::now());
+            let at = now + chrono::Duration::from_std(left).unwrap_or_default();
+            // The record shows when the attempt is due now, and the sweeper leaves it be.
+            ctx.db(|| {
+                store::deliveries::postpone(&ctx.pool, job.delivery_id, job.attempt, Some(at))
+            })
+            .await?;
+            job.not_before = at;
+            Ok(Done::after(vec![publisher.job(&job, now).await?]))
+        }
+        Wait::Full => {
+            ctx.metrics.deferred(Deferred::MaxInFlight);
+            let waited = (now - job.not_before).to_std().unwrap_or_default();
+            if waited >= TOUCH_AFTER {
+                ctx.db(|| {
+                    store::deliveries::postpone(&ctx.pool, job.delivery_id, job.attempt, None)
+                })
+                .await?;
+                job.not_before = now;
+            }
+            let again = (waited / 4).clamp(FULL_WAIT.0, FULL_WAIT.1);
+            Ok(Done::after(vec![publisher.job_in(&job, again).await?]))
+        }
+    }
+}
+
+/// Ends a delivery of a disabled webhook, without a request.
+async fn end_disabled(ctx: &Context, publisher: &Publisher, job: &Job) -> Result<Done, StageError> {
+    let Some(record) = ctx
+        .db(|| store::deliveries::end_disabled(&ctx.pool, job.delivery_id, job.attempt))
+        .await?
+    else {
+        // It moved on meanwhile: whoever moved it finishes it.
+        return Ok(Done::default());
+    };
+    ctx.metrics.completed(Completed::Failed);
+    if let Some(passed_over) = ctx.lines.failed.admit() {
+        let unlogged = (passed_over > 0).then_some(passed_over);
+        tracing::info!(
+            event_id = %record.event_id, delivery_id = %record.id, webhook = %record.webhook_name,
+            attempts = record.attempts, reason = "webhook_disabled", unlogged, "failed"
+        );
+    }
+    publish_status(publisher, &record).await
 }
 
 /// What a claim leads to.
@@ -86,6 +187,8 @@ enum Next {
     },
     /// Another worker holds the attempt: try again once its lease has run out.
     Later(Job),
+    /// Its webhook is disabled: the delivery ends `failed`, without a request.
+    EndDisabled,
 }
 
 fn after_claim(claim: Claim, job: &Job, now: DateTime<Utc>) -> Next {
@@ -108,6 +211,7 @@ fn after_claim(claim: Claim, job: &Job, now: DateTime<Utc>) -> Next {
             not_before: until.max(now) + chrono::Duration::milliseconds(1),
             ..*job
         }),
+        Claim::Disabled(_) => Next::EndDisabled,
     }
 }
 
@@ -146,6 +250,7 @@ mod tests {
                 then_job: Some(_), ..
             } => "status+job",
             Next::Later(_) => "later",
+            Next::EndDisabled => "end",
         }
     }
 
@@ -156,6 +261,7 @@ mod tests {
             delivery_id: Uuid::nil(),
             attempt: 2,
             not_before: now,
+            webhook_id: Some(1),
         };
         use DeliveryStatus::*;
         let cases: Vec<(Claim, &str)> = vec![
@@ -167,6 +273,7 @@ mod tests {
             // A stale job: attempt 3 is recorded already, its own job carries on.
             (Claim::AlreadyAttempted(record(Retrying, 3)), "status"),
             (Claim::Leased { until: now }, "later"),
+            (Claim::Disabled(record(Retrying, 3)), "end"),
         ];
         for (claim, expected) in cases {
             let shown = format!("{claim:?}");
@@ -181,6 +288,7 @@ mod tests {
             delivery_id: Uuid::nil(),
             attempt: 1,
             not_before: now,
+            webhook_id: Some(1),
         };
         let until = now + chrono::Duration::seconds(20);
         let Next::Later(later) = after_claim(Claim::Leased { until }, &job, now) else {

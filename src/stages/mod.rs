@@ -1,8 +1,10 @@
 //! The two stages and what they share. The event stage ([`event`]) decides and records every
 //! webhook of an event and makes healthy first attempts itself; the job stage ([`job`]) makes
-//! one attempt of a delivery from the delivery queue. Both attempt through [`attempt`].
+//! one attempt of a delivery from the delivery queue. Both attempt through [`attempt`], which
+//! hands a webhook that is gone or keeps failing to [`disable`].
 
 pub mod attempt;
+pub mod disable;
 pub mod event;
 pub mod job;
 
@@ -12,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::WebhookClient;
 use crate::consumer::StageError;
+use crate::disabling;
 use crate::gate::EndpointGate;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -24,6 +27,10 @@ pub struct Context {
     pub pool: Pool,
     pub recorder: Recorder,
     pub gate: std::sync::Arc<EndpointGate>,
+    /// The cap on attempts in flight of a webhook without one of its own.
+    pub max_in_flight: u32,
+    /// When a failing webhook is disabled.
+    pub disable: disabling::Rule,
     /// Inline first attempts in flight at once, across all webhooks.
     pub inline_slots: tokio::sync::Semaphore,
     pub cache: WebhookCache,

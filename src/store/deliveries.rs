@@ -12,6 +12,7 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use super::{Lease, Pool, StoreError, millis};
+use crate::disabling::Streak;
 use crate::events::BuildEvent;
 use crate::model::{DeliveryRecord, DeliveryStatus};
 use crate::retry::AttemptError;
@@ -255,6 +256,8 @@ pub enum Claim {
     Leased {
         until: DateTime<Utc>,
     },
+    /// Its webhook is disabled: the delivery ends without a request (see [`end_disabled`]).
+    Disabled(DeliveryRecord),
 }
 
 /// One HTTP attempt, as recorded.
@@ -278,7 +281,7 @@ pub async fn claim(pool: &Pool, id: Uuid, attempt: i32, lease: Lease) -> Result<
     const CLAIM: &str = concat!(
         "UPDATE deliveries d SET lease_until = now() + make_interval(secs => $3)
            FROM webhooks w
-          WHERE d.id = $1 AND w.id = d.webhook_id AND d.attempts = $2 - 1
+          WHERE d.id = $1 AND w.id = d.webhook_id AND d.attempts = $2 - 1 AND w.enabled
             AND d.status IN ",
         unfinished!(),
         "
@@ -290,7 +293,7 @@ pub async fn claim(pool: &Pool, id: Uuid, attempt: i32, lease: Lease) -> Result<
     const CURRENT: &str = concat!(
         "SELECT ",
         record_columns!(),
-        ", d.lease_until FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id WHERE d.id = $1"
+        ", d.lease_until, coalesce(d.lease_until >= now(), false) AS leased, w.enabled FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id WHERE d.id = $1"
     );
     let client = pool.get().await?;
     let statement = client.prepare_cached(CLAIM).await?;
@@ -314,6 +317,8 @@ pub async fn claim(pool: &Pool, id: Uuid, attempt: i32, lease: Lease) -> Result<
         Claim::Final(current)
     } else if current.attempts >= attempt {
         Claim::AlreadyAttempted(current)
+    } else if !row.try_get::<_, bool>("enabled")? && !row.try_get::<_, bool>("leased")? {
+        Claim::Disabled(current)
     } else {
         // The only reason left for the update to match nothing is a live lease.
         let until: Option<DateTime<Utc>> = row.try_get("lease_until")?;
@@ -323,10 +328,77 @@ pub async fn claim(pool: &Pool, id: Uuid, attempt: i32, lease: Lease) -> Result<
     })
 }
 
+/// Ends an unfinished delivery whose webhook is disabled: `failed` with error
+/// `webhook_disabled`, no attempt made or counted. The last attempt's HTTP status, if there was
+/// one, stays. `None` when it is no longer waiting for attempt `attempt`.
+pub async fn end_disabled(
+    pool: &Pool,
+    id: Uuid,
+    attempt: i32,
+) -> Result<Option<DeliveryRecord>, StoreError> {
+    const SQL: &str = concat!(
+        "WITH d AS (
+            UPDATE deliveries SET status = 'failed', error = 'webhook_disabled', next_attempt_at = NULL,
+                   lease_until = NULL, watched = false, updated_at = now()
+             WHERE id = $1 AND attempts = $2 - 1 AND status IN ",
+        unfinished!(),
+        " AND (lease_until IS NULL OR lease_until < now())
+            RETURNING *
+        )
+        SELECT ",
+        record_columns!(),
+        " FROM d JOIN webhooks w ON w.id = d.webhook_id"
+    );
+    let client = pool.get().await?;
+    let statement = client.prepare_cached(SQL).await?;
+    client
+        .query_opt(&statement, &[&id, &attempt])
+        .await?
+        .map(|row| record(&row))
+        .transpose()
+}
+
+/// Notes that attempt `attempt` of a delivery waits on in the broker: touched, so the sweeper
+/// leaves it be, and, when `next_attempt_at` is given, showing when it is due now. Nothing
+/// changes for a delivery that moved on or that another worker holds.
+pub async fn postpone(
+    pool: &Pool,
+    id: Uuid,
+    attempt: i32,
+    next_attempt_at: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    const SQL: &str = concat!(
+        "UPDATE deliveries SET next_attempt_at = coalesce($3, next_attempt_at), updated_at = now()
+          WHERE id = $1 AND attempts = $2 - 1 AND status IN ",
+        unfinished!(),
+        " AND (lease_until IS NULL OR lease_until < now())"
+    );
+    let client = pool.get().await?;
+    let statement = client.prepare_cached(SQL).await?;
+    client
+        .execute(&statement, &[&id, &attempt, &next_attempt_at])
+        .await?;
+    Ok(())
+}
+
+/// The webhook of a delivery, for a job queued before jobs named it.
+pub async fn webhook_of(pool: &Pool, id: Uuid) -> Result<Option<i64>, StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached("SELECT webhook_id FROM deliveries WHERE id = $1")
+        .await?;
+    Ok(client
+        .query_opt(&statement, &[&id])
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?)
+}
+
 /// Whether an attempt's record was written by this call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptRecorded {
-    Now,
+    /// `failing` is the webhook's run of failures, given when this attempt failed its delivery.
+    Now { failing: Option<Streak> },
     /// Recorded before (the job is a repeat), or its delivery is gone.
     Before,
 }
@@ -349,15 +421,32 @@ pub async fn record_attempts(
                    watched = u.status IN ", unfinished!(), ", updated_at = now()
               FROM u
              WHERE deliveries.id = u.delivery_id AND deliveries.attempts = u.attempt - 1
-            RETURNING deliveries.id
+            RETURNING deliveries.id, deliveries.webhook_id, deliveries.status
+        ), a AS (
+            INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status, error, error_detail,
+                                           response_body)
+            SELECT u.delivery_id, u.attempt, u.started_at, u.duration_ms, u.http_status, u.error, u.error_detail,
+                   u.response_body
+              FROM u JOIN d ON d.id = u.delivery_id
+            ON CONFLICT DO NOTHING
+            RETURNING delivery_id
+        ), w AS (
+            -- Per webhook: did a delivery succeed, how many failed. A success in the batch
+            -- outweighs its failures: the endpoint works.
+            SELECT webhook_id, bool_or(status = 'succeeded') AS ok,
+                   count(*) FILTER (WHERE status = 'failed') AS failed
+              FROM d GROUP BY webhook_id
+        ), healed AS (
+            DELETE FROM webhook_failures f USING w WHERE f.webhook_id = w.webhook_id AND w.ok
+        ), failing AS (
+            INSERT INTO webhook_failures (webhook_id, since, failed)
+            SELECT webhook_id, now(), failed FROM w WHERE NOT ok AND failed > 0
+            ON CONFLICT (webhook_id) DO UPDATE SET failed = webhook_failures.failed + EXCLUDED.failed
+            RETURNING webhook_id, since, failed
         )
-        INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status, error, error_detail,
-                                       response_body)
-        SELECT u.delivery_id, u.attempt, u.started_at, u.duration_ms, u.http_status, u.error, u.error_detail,
-               u.response_body
-          FROM u JOIN d ON d.id = u.delivery_id
-        ON CONFLICT DO NOTHING
-        RETURNING delivery_id"
+        SELECT a.delivery_id, f.since, f.failed
+          FROM a JOIN d ON d.id = a.delivery_id
+          LEFT JOIN failing f ON f.webhook_id = d.webhook_id AND d.status = 'failed'"
     );
     let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
     let attempts: Vec<i32> = batch.iter().map(|(_, a)| a.attempt).collect();
@@ -397,18 +486,20 @@ pub async fn record_attempts(
             ],
         )
         .await?;
-    let recorded: HashSet<Uuid> = rows
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
+    let mut recorded: HashMap<Uuid, Option<Streak>> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let since: Option<DateTime<Utc>> = row.try_get(1)?;
+        let failed: Option<i64> = row.try_get(2)?;
+        let streak = since
+            .zip(failed)
+            .map(|(since, failed)| Streak { since, failed });
+        recorded.insert(row.try_get(0)?, streak);
+    }
     Ok(ids
         .iter()
-        .map(|id| {
-            if recorded.contains(id) {
-                AttemptRecorded::Now
-            } else {
-                AttemptRecorded::Before
-            }
+        .map(|id| match recorded.get(id) {
+            Some(failing) => AttemptRecorded::Now { failing: *failing },
+            None => AttemptRecorded::Before,
         })
         .collect())
 }

@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "admin api",
         include_str!("../../sql/20261203000001_admin_api.sql"),
     ),
+    (
+        20261203000002,
+        "endpoint health",
+        include_str!("../../sql/20261203000002_endpoint_health.sql"),
+    ),
 ];
 
 /// Any 64-bit key will do, as long as nothing else locks it: "tagcast" in ASCII.

@@ -22,7 +22,9 @@ pub use deliveries::{
     AttemptRecorded, Claim, ClaimedDelivery, Decision, EventDecisions, NewAttempt, Recorded,
 };
 pub use migrate::migrate;
-pub use webhooks::{Rule, SECRET_COLUMNS, Secrets, Unusable, Webhook, WebhookCache};
+pub use webhooks::{
+    Disabled, Limits, Rule, SECRET_COLUMNS, Secrets, Unusable, Webhook, WebhookCache, disable,
+};
 
 use crate::backoff::Waits;
 use crate::redact::SecretUrl;

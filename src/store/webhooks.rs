@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Pool, StoreError};
 use crate::backoff::Waits;
+use crate::disabling::Reason;
 use crate::metrics::Metrics;
 use crate::payload::{self, SignatureError};
 use crate::redact::redact_url;
@@ -24,6 +25,8 @@ const CHANNEL: &str = "tagcast_webhooks";
 /// Beyond this many cached repositories the cache starts again empty: memory stays bounded
 /// however many repositories events name.
 const MAX_CACHED_REPOSITORIES: usize = 100_000;
+/// The same for webhooks looked up by id.
+const MAX_CACHED_WEBHOOKS: usize = 1_000_000;
 
 /// An enabled webhook, with its rule compiled once when the row is loaded.
 pub struct Webhook {
@@ -32,6 +35,15 @@ pub struct Webhook {
     pub url: String,
     pub secrets: Secrets,
     pub rule: Rule,
+    /// Its own cap on attempts in flight per replica, if it has one.
+    pub max_in_flight: Option<u32>,
+}
+
+/// What the job stage needs to know of a webhook before it claims an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub enabled: bool,
+    pub max_in_flight: Option<u32>,
 }
 
 /// A webhook's signing secrets: its own, and the one a rotation replaced with when that stops
@@ -134,6 +146,8 @@ pub struct WebhookCache {
 struct Inner {
     // A std lock: held only to look up or swap an Arc, never across an await.
     map: RwLock<HashMap<Key, Arc<[Arc<Webhook>]>>>,
+    /// By id, for jobs; `None` for a webhook that does not exist. Dropped with `map`.
+    limits: RwLock<HashMap<i64, Option<Limits>>>,
     /// Bumped on every invalidation, so a load that raced a change is not cached.
     generation: AtomicU64,
     /// True only while the listener is connected: otherwise changes could go unseen.
@@ -166,8 +180,16 @@ impl Webhook {
             url: row.try_get("url")?,
             secrets,
             rule,
+            max_in_flight: cap(row.try_get("max_in_flight")?),
         })
     }
+}
+
+/// The column as a cap: the database allows only 1 or more.
+fn cap(column: Option<i32>) -> Option<u32> {
+    column
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n >= 1)
 }
 
 impl WebhookCache {
@@ -176,6 +198,7 @@ impl WebhookCache {
             pool,
             inner: Arc::new(Inner {
                 map: RwLock::default(),
+                limits: RwLock::default(),
                 generation: AtomicU64::new(0),
                 listening: AtomicBool::new(false),
             }),
@@ -199,7 +222,7 @@ impl WebhookCache {
             .prepare_cached(
                 &format!(
                     "SELECT w.id, w.name, w.url, {SECRET_COLUMNS}, w.trigger_type, w.trigger_expression,
-                            w.trigger_tags
+                            w.trigger_tags, w.max_in_flight
                        FROM webhooks w WHERE w.namespace = $1 AND w.repository = $2 AND w.enabled ORDER BY w.id"
                 ),
             )
@@ -224,6 +247,42 @@ impl WebhookCache {
         Ok(webhooks)
     }
 
+    /// Whether a webhook is enabled and its cap, or `None` when there is no such webhook,
+    /// from the cache when it can be trusted.
+    pub async fn limits(&self, id: i64) -> Result<Option<Limits>, StoreError> {
+        let listening = self.inner.listening.load(Ordering::Acquire);
+        if listening {
+            let limits = self.inner.limits.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(hit) = limits.get(&id) {
+                return Ok(*hit);
+            }
+        }
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached("SELECT enabled, max_in_flight FROM webhooks WHERE id = $1")
+            .await?;
+        let found = match client.query_opt(&statement, &[&id]).await? {
+            Some(row) => Some(Limits {
+                enabled: row.try_get("enabled")?,
+                max_in_flight: cap(row.try_get("max_in_flight")?),
+            }),
+            None => None,
+        };
+        drop(client);
+        if listening {
+            let mut limits = self.inner.limits.write().unwrap_or_else(|p| p.into_inner());
+            // As in `get`: checked under the write lock.
+            if self.inner.generation.load(Ordering::Acquire) == generation {
+                if limits.len() >= MAX_CACHED_WEBHOOKS {
+                    limits.clear();
+                }
+                limits.insert(id, found);
+            }
+        }
+        Ok(found)
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, Arc<[Arc<Webhook>]>>> {
         // A panic while holding the lock cannot leave the map half-written (insert and clear
         // are single calls), so a poisoned lock is still sound to use.
@@ -232,8 +291,10 @@ impl WebhookCache {
 
     fn invalidate(&self, metrics: &Metrics) {
         let mut map = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
+        let mut limits = self.inner.limits.write().unwrap_or_else(|p| p.into_inner());
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
         map.clear();
+        limits.clear();
         metrics.webhook_cache_reloads.inc();
     }
 
@@ -302,6 +363,43 @@ impl WebhookCache {
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         Ok((client, rx))
     }
+}
+
+/// A webhook as tagcast disabled it.
+#[derive(Debug, Clone)]
+pub struct Disabled {
+    pub id: i64,
+    pub name: String,
+    pub namespace: String,
+    pub repository: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Disables a webhook for `reason`, if it is still enabled: of several replicas that try at
+/// once, one gets it back, so it is announced once. Its change notice drops every replica's
+/// cached configuration, so events consumed from then on skip it.
+pub async fn disable(pool: &Pool, id: i64, reason: Reason) -> Result<Option<Disabled>, StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE webhooks SET enabled = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
+              WHERE id = $1 AND enabled
+             RETURNING id, name, namespace, repository, disabled_at",
+        )
+        .await?;
+    let Some(row) = client
+        .query_opt(&statement, &[&id, &reason.as_str()])
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Disabled {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        namespace: row.try_get("namespace")?,
+        repository: row.try_get("repository")?,
+        at: row.try_get("disabled_at")?,
+    }))
 }
 
 #[cfg(test)]

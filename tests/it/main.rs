@@ -10,6 +10,7 @@ mod support;
 
 mod api;
 mod cli;
+mod endpoints;
 mod faults;
 mod observability;
 mod operator;

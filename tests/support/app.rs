@@ -150,16 +150,19 @@ impl TestApp {
             )
             .await
             .unwrap();
-        channel
-            .queue_bind(
-                status_queue.as_str().into(),
-                settings.status_exchange.as_str().into(),
-                "delivery.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        // Deliveries' status events and webhooks' (`webhook.disabled`).
+        for key in ["delivery.#", "webhook.#"] {
+            channel
+                .queue_bind(
+                    status_queue.as_str().into(),
+                    settings.status_exchange.as_str().into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
         let status = channel
             .basic_consume(
                 status_queue.as_str().into(),

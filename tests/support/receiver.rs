@@ -69,6 +69,8 @@ pub struct Receiver {
     pub addr: SocketAddr,
     requests: Mutex<mpsc::UnboundedReceiver<Received>>,
     count: Arc<AtomicUsize>,
+    /// Requests being answered right now, and the most there have been at once.
+    open: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 impl Receiver {
@@ -84,17 +86,23 @@ impl Receiver {
         let count = Arc::new(AtomicUsize::new(0));
         let script: Script = Arc::new(script);
         let counter = count.clone();
+        let open = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let opened = open.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (tx, script, counter) = (tx.clone(), script.clone(), counter.clone());
+                let (tx, script, counter, opened) =
+                    (tx.clone(), script.clone(), counter.clone(), opened.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (tx, script, counter) = (tx.clone(), script.clone(), counter.clone());
+                        let (tx, script, counter, opened) =
+                            (tx.clone(), script.clone(), counter.clone(), opened.clone());
                         async move {
                             let at = Instant::now();
+                            let now_open = opened.0.fetch_add(1, Ordering::SeqCst) + 1;
+                            opened.1.fetch_max(now_open, Ordering::SeqCst);
                             let n = counter.fetch_add(1, Ordering::SeqCst);
                             let (parts, body) = req.into_parts();
                             let body = body
@@ -123,6 +131,7 @@ impl Receiver {
                             });
                             let reply = script(n);
                             tokio::time::sleep(reply.delay).await;
+                            opened.0.fetch_sub(1, Ordering::SeqCst);
                             let mut response = Response::new(Full::new(reply.body));
                             *response.status_mut() =
                                 hyper::StatusCode::from_u16(reply.status).unwrap();
@@ -142,6 +151,7 @@ impl Receiver {
             addr,
             requests: Mutex::new(rx),
             count,
+            open,
         }
     }
 
@@ -160,5 +170,10 @@ impl Receiver {
     /// Requests received so far.
     pub fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that were being answered at once.
+    pub fn peak_open(&self) -> usize {
+        self.open.1.load(Ordering::SeqCst)
     }
 }
