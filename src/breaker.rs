@@ -9,10 +9,6 @@ use crate::retry::AttemptOutcome;
 /// The longest cooldown, however often a probe has failed.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(600);
 
-/// How long an attempt that falls due while a probe is out waits before it asks again: about
-/// as long as a probe of a healthy endpoint takes, so that a good probe holds nobody up long.
-pub const WHILE_PROBING: Duration = Duration::from_secs(1);
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
     /// Failed attempts in a row that open the breaker.
@@ -111,6 +107,17 @@ impl Breaker {
         !matches!(self.state, State::Closed { .. })
     }
 
+    /// For a delivery that falls due while the breaker is open, when it is to be tried: when
+    /// the probe after the coming one would be due, should the coming one fail (`None` when
+    /// closed or probing). The coming probe is one of the attempts already waiting; if it
+    /// succeeds, new deliveries go at once and these follow within that time.
+    pub fn hold_until(&self) -> Option<Instant> {
+        match self.state {
+            State::Open { until, cooldown } => Some(until + next_cooldown(cooldown)),
+            State::Closed { .. } | State::Probing { .. } => None,
+        }
+    }
+
     /// Closed with no failure counted: nothing worth remembering.
     pub fn is_idle(&self) -> bool {
         self.state == State::Closed { failures: 0 }
@@ -124,9 +131,11 @@ impl Breaker {
                 (Admission::Probe, Some(To::HalfOpen))
             }
             State::Open { until, .. } => (Admission::Wait { until }, None),
-            State::Probing { .. } => (
+            // Back when a failed probe's longer cooldown would end: a good probe lets new
+            // deliveries through at once, and these follow within that time.
+            State::Probing { cooldown } => (
                 Admission::Wait {
-                    until: now + WHILE_PROBING,
+                    until: now + next_cooldown(cooldown),
                 },
                 None,
             ),
@@ -173,7 +182,7 @@ impl Breaker {
                 }
             }
             (State::Probing { cooldown }, Signal::Failed) if probe => {
-                let cooldown = (cooldown * 2).min(MAX_COOLDOWN.max(settings.cooldown));
+                let cooldown = next_cooldown(cooldown);
                 (
                     State::Open {
                         until: now + cooldown,
@@ -208,6 +217,12 @@ impl Breaker {
             State::Closed { .. } => None,
         }
     }
+}
+
+/// The cooldown after `cooldown` when a probe fails: twice as long, up to [`MAX_COOLDOWN`] (or
+/// the configured one, if that is longer).
+fn next_cooldown(cooldown: Duration) -> Duration {
+    (cooldown * 2).min(MAX_COOLDOWN.max(cooldown))
 }
 
 #[cfg(test)]
@@ -305,10 +320,11 @@ mod tests {
             ("f f a f f ?", &["attempt"]),
             ("f f f ?", &["->open", "wait30s"]),
             ("f f f +10 ?", &["->open", "wait20s"]),
-            // The cooldown over: one probe, and the others wait while it is out.
+            // The cooldown over: one probe; the others wait as long as a failed probe's
+            // cooldown.
             (
                 "f f f +30 ? ?",
-                &["->open", "probe", "->half_open", "wait1s"],
+                &["->open", "probe", "->half_open", "wait60s"],
             ),
             // A good probe closes the breaker.
             (
@@ -374,6 +390,19 @@ mod tests {
         for (steps, expected) in cases {
             assert_eq!(run(steps), *expected, "{steps}");
         }
+    }
+
+    #[test]
+    fn what_falls_due_while_open_waits_past_the_coming_probe() {
+        let mut b = Breaker::default();
+        let now = Instant::now();
+        assert_eq!(b.hold_until(), None);
+        for _ in 0..3 {
+            b.record(Signal::Failed, false, &SETTINGS, now);
+        }
+        assert_eq!(b.hold_until(), Some(now + Duration::from_secs(30 + 60)));
+        b.admit(now + Duration::from_secs(30));
+        assert_eq!(b.hold_until(), None, "probing: the job stage decides");
     }
 
     #[test]

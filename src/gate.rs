@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use crate::breaker::{self, Admission, Breaker, Signal, To};
 use crate::metrics::Metrics;
 use crate::retry::AttemptOutcome;
@@ -31,10 +33,12 @@ pub struct EndpointGate {
 }
 
 struct Endpoint {
-    /// Inline attempts in flight.
+    /// Inline passes: attempts in flight and those waiting for a place under the cap.
     inline: u32,
-    /// All attempts in flight, inline or not.
+    /// Attempts in flight, inline or not: what the cap counts.
     attempts: u32,
+    /// Told each time an attempt ends, for an inline pass waiting for a place.
+    freed: Arc<Notify>,
     last_done: Instant,
     slow_until: Option<Instant>,
     breaker: Breaker,
@@ -45,6 +49,7 @@ impl Endpoint {
         Endpoint {
             inline: 0,
             attempts: 0,
+            freed: Arc::default(),
             last_done: now,
             slow_until: None,
             breaker: Breaker::default(),
@@ -54,6 +59,7 @@ impl Endpoint {
     /// Nothing in flight, nothing to remember: the entry can go.
     fn is_idle(&self, now: Instant) -> bool {
         self.attempts == 0
+            && self.inline == 0
             && self.slow_until.is_none_or(|until| until <= now)
             && self.breaker.is_idle()
     }
@@ -74,11 +80,14 @@ pub enum Wait {
     Full,
 }
 
-/// Permission for one attempt; gives it back when dropped.
+/// Permission for one attempt; gives it back when dropped. An inline pass counts under the
+/// cap only once [`Pass::arm`] found it a place; a job's pass does from the start.
 pub struct Pass {
     gate: Arc<EndpointGate>,
     webhook_id: i64,
     inline: bool,
+    /// Counted in its webhook's attempts in flight.
+    armed: bool,
     /// The one probe of a half-open breaker.
     probe: bool,
     reported: bool,
@@ -99,9 +108,10 @@ impl EndpointGate {
         self.endpoints.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A pass for an inline first attempt to `webhook_id`, or `None` to hand the delivery off.
-    /// `cap` is the webhook's `max_in_flight`.
-    pub fn try_inline(self: &Arc<Self>, webhook_id: i64, cap: u32, now: Instant) -> Option<Pass> {
+    /// A pass for an inline first attempt to `webhook_id`, or `None` to hand the delivery off:
+    /// its breaker is open, or it is slow or stalled. It still has to [`Pass::arm`] before it
+    /// sends.
+    pub fn try_inline(self: &Arc<Self>, webhook_id: i64, now: Instant) -> Option<Pass> {
         let mut endpoints = self.lock();
         let e = endpoints
             .entry(webhook_id)
@@ -109,20 +119,22 @@ impl EndpointGate {
         let slow = e.slow_until.is_some_and(|until| until > now);
         let stalled = e.attempts > 0 && now.duration_since(e.last_done) > STALLED_AFTER;
         // An open breaker is asked by jobs alone: its probe is one of them.
-        if e.breaker.is_open()
-            || slow
-            || stalled
-            || e.inline >= MAX_INLINE_PER_WEBHOOK
-            || e.attempts >= cap
-        {
+        if e.breaker.is_open() || slow || stalled || e.inline >= MAX_INLINE_PER_WEBHOOK {
             return None;
         }
         if e.attempts == 0 {
             e.last_done = now;
         }
         e.inline += 1;
-        e.attempts += 1;
-        Some(self.pass(webhook_id, true, false))
+        Some(self.pass(webhook_id, true, false, false))
+    }
+
+    /// When a delivery to `webhook_id` that falls due now is to be tried, if its breaker is
+    /// open (see [`Breaker::hold_until`]).
+    pub fn hold_until(&self, webhook_id: i64) -> Option<Instant> {
+        self.lock()
+            .get(&webhook_id)
+            .and_then(|e| e.breaker.hold_until())
     }
 
     /// Whether a job may make its attempt to `webhook_id` now. `cap` is its `max_in_flight`.
@@ -147,7 +159,7 @@ impl EndpointGate {
             e.last_done = now;
         }
         e.attempts += 1;
-        Admit::Go(self.pass(webhook_id, false, probe))
+        Admit::Go(self.pass(webhook_id, false, true, probe))
     }
 
     /// A pass whatever the breaker and the cap say, for an attempt already claimed when the
@@ -158,14 +170,15 @@ impl EndpointGate {
             .entry(webhook_id)
             .or_insert_with(|| Endpoint::new(now));
         e.attempts += 1;
-        self.pass(webhook_id, false, false)
+        self.pass(webhook_id, false, true, false)
     }
 
-    fn pass(self: &Arc<Self>, webhook_id: i64, inline: bool, probe: bool) -> Pass {
+    fn pass(self: &Arc<Self>, webhook_id: i64, inline: bool, armed: bool, probe: bool) -> Pass {
         Pass {
             gate: self.clone(),
             webhook_id,
             inline,
+            armed,
             probe,
             reported: false,
         }
@@ -185,6 +198,41 @@ impl EndpointGate {
 }
 
 impl Pass {
+    /// Finds an inline pass a place under its webhook's cap, waiting at most `within` for an
+    /// attempt to end, as it waits for an inline slot: an endpoint at its cap that answers fast
+    /// frees one within milliseconds. `false`: none came, or the webhook's breaker opened since
+    /// the pass was given, and the delivery goes to the broker.
+    pub async fn arm(&mut self, cap: u32, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let freed = {
+                let mut endpoints = self.gate.lock();
+                let Some(e) = endpoints.get_mut(&self.webhook_id) else {
+                    return false;
+                };
+                if e.breaker.is_open() {
+                    return false;
+                }
+                if self.armed || e.attempts < cap {
+                    if !self.armed {
+                        e.attempts += 1;
+                        self.armed = true;
+                    }
+                    return true;
+                }
+                e.freed.clone()
+            };
+            // An end told before this wait began is kept for it (`notify_one`), so none is
+            // missed between the look above and the wait.
+            if tokio::time::timeout_at(deadline, freed.notified())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
     /// Reports how the attempt went: its breaker learns from it, and a slow or unreachable
     /// endpoint stops getting inline attempts for a while.
     pub fn report(&mut self, took: Duration, outcome: &AttemptOutcome) {
@@ -216,7 +264,10 @@ impl Drop for Pass {
             return;
         };
         let now = Instant::now();
-        e.attempts = e.attempts.saturating_sub(1);
+        if self.armed {
+            e.attempts = e.attempts.saturating_sub(1);
+            e.freed.notify_one();
+        }
         if self.inline {
             e.inline = e.inline.saturating_sub(1);
         }
@@ -268,47 +319,61 @@ mod tests {
     };
 
     #[test]
-    fn a_healthy_endpoint_is_attempted_inline_up_to_the_caps() {
+    fn a_healthy_endpoint_gets_inline_passes_up_to_a_bound() {
         let gate = gate(5);
         let now = Instant::now();
         let passes: Vec<Pass> = (0..MAX_INLINE_PER_WEBHOOK)
-            .map(|_| gate.try_inline(1, 10_000, now).expect("within the cap"))
+            .map(|_| gate.try_inline(1, now).expect("within the bound"))
             .collect();
-        assert!(gate.try_inline(1, 10_000, now).is_none(), "over the cap");
+        assert!(gate.try_inline(1, now).is_none(), "over the bound");
         assert!(
-            gate.try_inline(2, CAP, now).is_some(),
+            gate.try_inline(2, now).is_some(),
             "other webhooks are not affected"
         );
         drop(passes);
-        assert!(gate.try_inline(1, CAP, now).is_some());
+        assert!(gate.try_inline(1, now).is_some());
     }
 
-    #[test]
-    fn a_webhooks_cap_counts_inline_attempts_and_jobs_together() {
+    #[tokio::test]
+    async fn a_webhooks_cap_counts_inline_attempts_and_jobs_together() {
         let gate = gate(5);
         let now = Instant::now();
-        let inline = gate.try_inline(7, 2, now).unwrap();
+        let mut inline = gate.try_inline(7, now).unwrap();
+        assert!(inline.arm(2, Duration::ZERO).await);
         let job = go(gate.admit(7, 2, now));
         assert_eq!(wait(gate.admit(7, 2, now)), Wait::Full);
-        assert!(gate.try_inline(7, 2, now).is_none());
+        let mut waiting = gate.try_inline(7, now).unwrap();
+        assert!(
+            !waiting.arm(2, Duration::from_millis(20)).await,
+            "no place came"
+        );
         let _other = go(gate.admit(8, 2, now));
-        drop(inline);
-        let _again = go(gate.admit(7, 2, now));
+        // An attempt that ends lets a waiting inline pass in, and only one.
+        let arming = tokio::spawn(async move {
+            let armed = waiting.arm(2, Duration::from_secs(10)).await;
+            (armed, waiting)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
         drop(job);
-        assert!(gate.metrics.render().contains("tagcast_breakers_open 0"));
+        let (armed, _waiting) = arming.await.unwrap();
+        assert!(armed);
+        assert_eq!(wait(gate.admit(7, 2, now)), Wait::Full);
+        drop(inline);
+        let _next = go(gate.admit(7, 2, now));
     }
 
-    #[test]
-    fn a_stalled_endpoint_is_handed_off() {
+    #[tokio::test]
+    async fn a_stalled_endpoint_is_handed_off() {
         let gate = gate(5);
         let start = Instant::now();
-        let _hanging = gate.try_inline(1, CAP, start).unwrap();
+        let mut hanging = gate.try_inline(1, start).unwrap();
+        assert!(hanging.arm(CAP, Duration::ZERO).await);
         assert!(
-            gate.try_inline(1, CAP, start + Duration::from_millis(100))
+            gate.try_inline(1, start + Duration::from_millis(100))
                 .is_some()
         );
         assert!(
-            gate.try_inline(1, CAP, start + Duration::from_millis(600))
+            gate.try_inline(1, start + Duration::from_millis(600))
                 .is_none(),
             "nothing finished for 600 ms"
         );
@@ -317,28 +382,30 @@ mod tests {
     #[test]
     fn a_slow_or_unreachable_endpoint_is_handed_off_for_a_while() {
         let gate = gate(5);
-        let mut pass = gate.try_inline(1, CAP, Instant::now()).unwrap();
+        let mut pass = gate.try_inline(1, Instant::now()).unwrap();
         pass.report(Duration::from_millis(1500), &OK);
         drop(pass);
-        assert!(gate.try_inline(1, CAP, Instant::now()).is_none());
+        assert!(gate.try_inline(1, Instant::now()).is_none());
         assert!(
-            gate.try_inline(1, CAP, Instant::now() + SLOW_FOR + Duration::from_secs(1))
+            gate.try_inline(1, Instant::now() + SLOW_FOR + Duration::from_secs(1))
                 .is_some()
         );
 
-        let mut pass = gate.try_inline(3, CAP, Instant::now()).unwrap();
+        let mut pass = gate.try_inline(3, Instant::now()).unwrap();
         pass.report(Duration::from_millis(5), &REFUSED);
         drop(pass);
         assert!(
-            gate.try_inline(3, CAP, Instant::now()).is_none(),
+            gate.try_inline(3, Instant::now()).is_none(),
             "connection refused or timed out"
         );
     }
 
-    #[test]
-    fn an_open_breaker_holds_back_jobs_and_inline_attempts_and_lets_one_probe_through() {
+    #[tokio::test]
+    async fn an_open_breaker_holds_back_jobs_and_inline_attempts_and_lets_one_probe_through() {
         let gate = gate(2);
         let now = Instant::now();
+        // Given before the breaker opens, armed after: it does not send.
+        let mut early = gate.try_inline(1, now).unwrap();
         for _ in 0..2 {
             let mut pass = go(gate.admit(1, CAP, now));
             pass.report(Duration::from_millis(1), &REFUSED);
@@ -353,7 +420,12 @@ mod tests {
             until - now
         );
         let later = now + SLOW_FOR + Duration::from_secs(31);
-        assert!(gate.try_inline(1, CAP, later).is_none(), "open: jobs only");
+        assert!(gate.try_inline(1, later).is_none(), "open: jobs only");
+        assert!(
+            !early.arm(CAP, Duration::ZERO).await,
+            "open since it was given"
+        );
+        drop(early);
         let text = gate.metrics.render();
         assert!(text.contains("tagcast_breakers_open 1"), "{text}");
 
@@ -381,7 +453,7 @@ mod tests {
     fn idle_endpoints_are_forgotten() {
         let gate = gate(5);
         for id in 0..1000 {
-            drop(gate.try_inline(id, CAP, Instant::now()));
+            drop(gate.try_inline(id, Instant::now()));
             drop(go(gate.admit(id, CAP, Instant::now())));
         }
         assert!(gate.endpoints.lock().unwrap().is_empty());

@@ -220,6 +220,7 @@ pub(crate) async fn floor(n: usize, status_queue: bool) -> Floor {
                         status: DeliveryStatus::Pending,
                         error: None,
                         claim_first_attempt: true,
+                        hold_until: None,
                     }],
                     event: Arc::new(event),
                     body: body.clone(),

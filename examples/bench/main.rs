@@ -19,11 +19,13 @@ mod support;
 mod args;
 mod cpu;
 mod floor;
+mod isolation;
 mod measures;
 mod report;
 
 use args::args;
 use floor::{Floor, floor};
+use isolation::{Isolation, isolation};
 use measures::{drain, latency, raw_ceiling, receiver_capacity, receiver_down, trigger_micro};
 use report::{median, print_drain, print_floor};
 use support::CountingReceiver;
@@ -67,6 +69,11 @@ async fn main() {
             );
         }
         Some("floor") => return print_floor(&floor(a.events, a.status_queue).await),
+        Some("isolation") => {
+            let healthy = isolation(&a.binary, a.events / 10 * 2, false).await;
+            let failing = isolation(&a.binary, a.events / 10 * 2, true).await;
+            return print_isolation(&healthy, &failing);
+        }
         Some("down") => return receiver_down(&a.binary, a.events, a.rate_seconds).await,
         Some("latency") => {
             return println!(
@@ -86,7 +93,10 @@ async fn main() {
     let (mut d1, mut d10) = (Vec::new(), Vec::new());
     let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
     let mut floors = Vec::new();
+    let (mut healthy, mut failing) = (Vec::new(), Vec::new());
     for run in 1..=a.runs {
+        healthy.push(isolation(&a.binary, a.events / 10 * 2, false).await);
+        failing.push(isolation(&a.binary, a.events / 10 * 2, true).await);
         floors.push(floor(a.events, a.status_queue).await);
         raw.push(raw_ceiling(&receiver, a.events).await);
         d1.push(drain(&a.binary, a.events, 1, a.status_queue).await);
@@ -171,5 +181,29 @@ async fn main() {
         "| p50 / p99 at 1,000 events/s offered | {:.1} ms / {:.1} ms |",
         median(p50s),
         median(p99s)
+    );
+    // The run whose ratio is the median, so that its figures belong together.
+    let mut pairs: Vec<(Isolation, Isolation)> = healthy.into_iter().zip(failing).collect();
+    pairs.sort_by(|a, b| {
+        let ratio = |p: &(Isolation, Isolation)| p.1.nine_per_second / p.0.nine_per_second;
+        ratio(a).total_cmp(&ratio(b))
+    });
+    let (h, f) = &pairs[pairs.len() / 2];
+    print_isolation(h, f);
+}
+
+fn print_isolation(healthy: &Isolation, failing: &Isolation) {
+    println!(
+        "| nine webhooks beside a healthy / a failing (503) tenth | {:.0} / {:.0} deliveries/s ({:.2} of healthy) |",
+        healthy.nine_per_second,
+        failing.nine_per_second,
+        failing.nine_per_second / healthy.nine_per_second
+    );
+    println!(
+        "| requests to the failing tenth while its breaker was open | {} in {:.1} s (a probe each time its cooldown ends allows {}); {} in all |",
+        failing.while_open,
+        failing.open_for.as_secs_f64(),
+        failing.probes_allowed(),
+        failing.dead_requests
     );
 }

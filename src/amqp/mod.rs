@@ -44,6 +44,17 @@ pub fn delay_step(remaining: Duration) -> Duration {
         .unwrap_or(DELAY_STEPS[0])
 }
 
+/// The step for a wait that may end a little late but should take few hops: the shortest step
+/// that covers it when that overshoots by a quarter at most, else as [`delay_step`].
+pub fn delay_step_covering(remaining: Duration) -> Duration {
+    DELAY_STEPS
+        .iter()
+        .copied()
+        .find(|step| *step >= remaining)
+        .filter(|step| *step <= remaining + remaining / 4)
+        .unwrap_or_else(|| delay_step(remaining))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
     #[error("rabbitmq: {0}")]
@@ -249,10 +260,11 @@ impl Publisher {
         self.send_job(&queue, job).await
     }
 
-    /// Sends a job to wait about `wait` in a delay queue, due or not: for an attempt held back
-    /// by its webhook's cap.
+    /// Sends a job to wait about `wait` in a delay queue (see [`delay_step_covering`]), due or
+    /// not: for an attempt held back by its webhook's breaker or cap, which asks again when it
+    /// comes back.
     pub async fn job_in(&self, job: &Job, wait: Duration) -> Result<Pending, AmqpError> {
-        let queue = self.topology.delay_queue(delay_step(wait));
+        let queue = self.topology.delay_queue(delay_step_covering(wait));
         self.send_job(&queue, job).await
     }
 
@@ -348,6 +360,28 @@ mod tests {
         for (remaining_ms, step_ms) in cases {
             assert_eq!(
                 delay_step(Duration::from_millis(remaining_ms)),
+                Duration::from_millis(step_ms),
+                "{remaining_ms} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn a_wait_that_may_end_late_takes_the_step_covering_it_when_that_is_close() {
+        let cases = [
+            (0, 250),
+            (200, 250),
+            (250, 250),
+            (300, 250),
+            (450, 500),
+            (29_000, 32_000),
+            (17_000, 16_000),
+            (2_047_000, 2_048_000),
+            (3_600_000, 2_048_000),
+        ];
+        for (remaining_ms, step_ms) in cases {
+            assert_eq!(
+                delay_step_covering(Duration::from_millis(remaining_ms)),
                 Duration::from_millis(step_ms),
                 "{remaining_ms} ms"
             );

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::future::join_all;
@@ -17,10 +17,10 @@ use crate::amqp::{Job, Publisher};
 use crate::consumer::{Done, Handled, Inbound, POISON_WARNING, StageError};
 use crate::events::{self, BuildEvent, Decoded};
 use crate::gate::Pass;
-use crate::metrics::{Completed, EventResult, FirstAttempt};
-use crate::model::{DeliveryStatus, delivery_id};
+use crate::metrics::{Completed, Deferred, EventResult, FirstAttempt};
+use crate::model::{DeliveryRecord, DeliveryStatus, delivery_id};
 use crate::payload;
-use crate::store::{Decision, EventDecisions, Recorded, Rule, Webhook};
+use crate::store::{self, Decision, EventDecisions, Recorded, Rule, Webhook};
 
 /// Handles one message of the events queue.
 pub async fn handle(ctx: Arc<Context>, publisher: Publisher, message: Inbound) -> Handled {
@@ -99,11 +99,15 @@ async fn fan_out(
         .iter()
         .map(|w| {
             let mut d = decide(ctx, w, &event);
-            let cap = w.max_in_flight.unwrap_or(ctx.max_in_flight);
-            if d.status == DeliveryStatus::Pending
-                && inline
-                && let Some(pass) = ctx.gate.try_inline(w.id, cap, now)
-            {
+            if d.status != DeliveryStatus::Pending {
+                return d;
+            }
+            if let Some(until) = ctx.gate.hold_until(w.id) {
+                // Its breaker is open: the first attempt waits, recorded as due then.
+                let wait = until.saturating_duration_since(now);
+                d.hold_until =
+                    Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default());
+            } else if inline && let Some(pass) = ctx.gate.try_inline(w.id, now) {
                 passes.insert(w.id, pass);
                 d.claim_first_attempt = true;
             }
@@ -128,7 +132,6 @@ async fn fan_out(
         let webhook = webhooks.iter().find(|w| w.id == record.webhook_id);
         match (plan(record.status, created, pass.is_some()), webhook, pass) {
             (Plan::AttemptInline, Some(webhook), Some(pass)) => {
-                ctx.metrics.first_attempt(FirstAttempt::Inline);
                 inline.push((record, pass, webhook.clone()));
             }
             (Plan::AttemptInline | Plan::QueueJob, _, _) => {
@@ -141,7 +144,14 @@ async fn fan_out(
                     not_before: record.next_attempt_at.unwrap_or(now),
                     webhook_id: Some(record.webhook_id),
                 };
-                done.push(publisher.job(&job, now).await?);
+                // Not due yet (its breaker is open, or it is a retry): one hop that covers the
+                // wait if it can, rather than the exact hops of a retry's first wait.
+                let wait = (job.not_before - now).to_std().unwrap_or_default();
+                done.push(if wait.is_zero() {
+                    publisher.job(&job, now).await?
+                } else {
+                    publisher.job_in(&job, wait).await?
+                });
             }
             (Plan::PublishStatus, _, _) => {
                 if created && record.status == DeliveryStatus::Failed {
@@ -156,12 +166,18 @@ async fn fan_out(
     // The inline first attempts, all at once; the webhooks' rows give URL and secret.
     // Each of these futures stays small until it has its slot (one per inline delivery of
     // every event in flight): what it awaits before then is the slot alone.
-    let attempts = inline.into_iter().map(|(record, pass, webhook)| {
+    let attempts = inline.into_iter().map(|(record, mut pass, webhook)| {
         let body = body.clone();
         async move {
             // Bounds connections and buffers, hence memory, however many events are in flight.
             // The semaphore is never closed, so acquiring cannot fail.
-            let _slot = ctx.inline_slots.acquire().await;
+            let slot = ctx.inline_slots.acquire().await;
+            let cap = webhook.max_in_flight.unwrap_or(ctx.max_in_flight);
+            if !pass.arm(cap, INLINE_WAIT).await {
+                drop((slot, pass));
+                return hand_off(ctx, publisher, &record).await;
+            }
+            ctx.metrics.first_attempt(FirstAttempt::Inline);
             let secrets = webhook.secrets.signing(chrono::Utc::now());
             let target = Target {
                 url: &webhook.url,
@@ -170,13 +186,41 @@ async fn fan_out(
             };
             // Boxed: the attempt's state (the HTTP exchange above all) is allocated only once
             // it has a slot, not for every delivery of every event in flight.
-            Box::pin(attempt(ctx, publisher, record, target, 1, pass)).await
+            let done = Box::pin(attempt(ctx, publisher, record, target, 1, pass)).await;
+            drop(slot);
+            done
         }
     });
     for result in join_all(attempts).await {
         done.extend(result?);
     }
     Ok(done)
+}
+
+/// How long an inline first attempt waits for a place under its webhook's cap before it goes
+/// to the delivery queue: long enough for an endpoint that answers in milliseconds to take a
+/// burst of events, short enough that a busy one holds its events up only briefly.
+const INLINE_WAIT: Duration = Duration::from_millis(100);
+
+/// Hands a delivery claimed for an inline attempt to the delivery queue instead: its claim is
+/// released first, so the job finds it free.
+async fn hand_off(
+    ctx: &Context,
+    publisher: &Publisher,
+    record: &DeliveryRecord,
+) -> Result<Done, StageError> {
+    ctx.metrics.first_attempt(FirstAttempt::Queued);
+    ctx.metrics.deferred(Deferred::MaxInFlight);
+    ctx.db(|| store::deliveries::release(&ctx.pool, record.id))
+        .await?;
+    let now = Utc::now();
+    let job = Job {
+        delivery_id: record.id,
+        attempt: 1,
+        not_before: now,
+        webhook_id: Some(record.webhook_id),
+    };
+    Ok(Done::after(vec![publisher.job(&job, now).await?]))
 }
 
 fn decide(ctx: &Context, webhook: &Webhook, event: &BuildEvent) -> Decision {
@@ -199,6 +243,7 @@ fn decide(ctx: &Context, webhook: &Webhook, event: &BuildEvent) -> Decision {
         status,
         error,
         claim_first_attempt: false,
+        hold_until: None,
     }
 }
 

@@ -108,8 +108,9 @@ async fn run(ctx: &Context, publisher: &Publisher, job: Job) -> Result<Done, Sta
 /// within these bounds: a backlog over the cap costs the broker a message every few seconds
 /// per job, while a short queue moves on within a quarter second.
 const FULL_WAIT: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(4));
-/// A job held back this long says so to the database, or the sweeper, seeing no change for a
-/// minute, would take it for lost and queue another.
+/// A job held back longer than this since the database last heard of it (its `not_before`)
+/// says so, or the sweeper, seeing no change for a minute, would take it for lost and queue
+/// another.
 const TOUCH_AFTER: Duration = Duration::from_secs(30);
 
 /// Sends a job back to wait in the broker, its attempt not spent.
@@ -125,6 +126,11 @@ async fn defer(
             ctx.metrics.deferred(Deferred::Breaker);
             let left = until.saturating_duration_since(Instant::now());
             let at = now + chrono::Duration::from_std(left).unwrap_or_default();
+            if (at - job.not_before).to_std().unwrap_or_default() < TOUCH_AFTER {
+                // Back before the sweeper could miss it: the broker alone keeps the wait,
+                // in hops that end at `until`.
+                return Ok(Done::after(vec![publisher.job_in(&job, left).await?]));
+            }
             // The record shows when the attempt is due now, and the sweeper leaves it be.
             ctx.db(|| {
                 store::deliveries::postpone(&ctx.pool, job.delivery_id, job.attempt, Some(at))

@@ -74,6 +74,8 @@ pub struct Decision {
     pub error: Option<String>,
     /// The event stage makes the first attempt itself: claim it with the insert.
     pub claim_first_attempt: bool,
+    /// Its webhook's breaker is open: the first attempt is due when it may probe.
+    pub hold_until: Option<DateTime<Utc>>,
 }
 
 /// One event's decisions, as submitted to the batch writer.
@@ -104,14 +106,15 @@ pub async fn record_decisions(
     const SQL: &str = concat!(
         "WITH ins AS (
             INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status,
-                                    error, request_body, occurred_at, lease_until, watched, updated_at)
+                                    error, request_body, occurred_at, lease_until, watched, updated_at, next_attempt_at)
             SELECT u.id, u.event_id, u.webhook_id, u.namespace, u.repository, u.tag, u.digest, u.status, u.error,
                    CASE WHEN u.status = 'pending' THEN u.body END, u.occurred_at,
                    CASE WHEN u.claim THEN now() + make_interval(secs => $13) END,
-                   u.status = 'pending' AND NOT u.claim, now()
+                   u.status = 'pending' AND NOT u.claim, now(), u.hold
               FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
-                          $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::bool[])
-                   AS u(id, event_id, webhook_id, namespace, repository, tag, digest, status, error, body, occurred_at, claim)
+                          $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::bool[], $14::timestamptz[])
+                   AS u(id, event_id, webhook_id, namespace, repository, tag, digest, status, error, body, occurred_at, claim,
+                        hold)
               JOIN webhooks w ON w.id = u.webhook_id
             -- A row that exists already (the event came before) is returned as it is: the
             -- update makes RETURNING include it, and xmax tells the two apart, in one pass. Its
@@ -132,6 +135,7 @@ pub async fn record_decisions(
         Vec::with_capacity(rows),
         Vec::with_capacity(rows),
     );
+    let mut holds: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(rows);
     let (mut statuses, mut errors, mut bodies, mut occurred, mut claims) = (
         Vec::with_capacity(rows),
         Vec::with_capacity(rows),
@@ -160,6 +164,7 @@ pub async fn record_decisions(
             bodies.push(&*e.body);
             occurred.push(e.event.occurred_at.with_timezone(&Utc));
             claims.push(d.claim_first_attempt);
+            holds.push(d.hold_until);
         }
     }
     let client = pool.get().await?;
@@ -183,6 +188,7 @@ pub async fn record_decisions(
                 (&occurred, Type::TIMESTAMPTZ_ARRAY),
                 (&claims, Type::BOOL_ARRAY),
                 (&lease.seconds(), Type::FLOAT8),
+                (&holds, Type::TIMESTAMPTZ_ARRAY),
             ],
         )
         .await?;
@@ -378,6 +384,20 @@ pub async fn postpone(
     client
         .execute(&statement, &[&id, &attempt, &next_attempt_at])
         .await?;
+    Ok(())
+}
+
+/// Releases the claim a first attempt took with its insert, for a delivery handed to the
+/// delivery queue after all; the sweeper watches it from now on.
+pub async fn release(pool: &Pool, id: Uuid) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE deliveries SET lease_until = NULL, watched = true, updated_at = now()
+              WHERE id = $1 AND attempts = 0 AND status = 'pending'",
+        )
+        .await?;
+    client.execute(&statement, &[&id]).await?;
     Ok(())
 }
 
