@@ -9,6 +9,12 @@ ALTER TABLE webhooks DROP CONSTRAINT IF EXISTS webhooks_disabled_reason;
 ALTER TABLE webhooks ADD CONSTRAINT webhooks_disabled_reason
     CHECK (disabled_reason IS NULL OR disabled_reason IN ('gone', 'failing'));
 
+-- Whether the `webhook.disabled` event of tagcast's last disabling was confirmed by the broker:
+-- the sweeper announces, late, what a crash or a lost connection left unannounced.
+ALTER TABLE webhooks ADD COLUMN IF NOT EXISTS disabled_announced boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS webhooks_unannounced ON webhooks (disabled_at)
+    WHERE disabled_reason IS NOT NULL AND NOT disabled_announced;
+
 -- A row exists only while a webhook is failing: written when one of its deliveries fails,
 -- deleted by its next success and when it is enabled again. `since` is its first failed
 -- delivery after the last success. Apart from `webhooks` so that counting failures neither

@@ -81,7 +81,7 @@ pub struct WebhookDisabled<'a> {
     pub webhook_name: &'a str,
     pub namespace: &'a str,
     pub repository: &'a str,
-    pub reason: &'static str,
+    pub reason: &'a str,
     #[serde(serialize_with = "utc_millis::serialize")]
     pub at: DateTime<Utc>,
 }

@@ -2,7 +2,8 @@
 //! seconds one replica looks for deliveries that should have moved and have not (their job was
 //! lost: a broker crash while it waited in a delay queue, say) and queues a job for each again.
 //! Attempts are claimed in the database, so a job that was not lost after all sends nothing twice.
-//! It also drops the rotated-out webhook secrets whose grace is over.
+//! It also announces disabled webhooks whose `webhook.disabled` event was lost, and drops the
+//! rotated-out webhook secrets whose grace is over.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::amqp::{AmqpError, Publisher};
 use crate::metrics::Metrics;
+use crate::stages::disable::publish_disabled;
 use crate::store::{self, Pool, StoreError};
 
 /// How often to look.
@@ -46,6 +48,16 @@ pub async fn run(
             }
             Err(e) => tracing::warn!(error = %e, "sweep failed; trying again later"),
         }
+        match announce_disabled(&pool, &publisher).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                webhooks = n,
+                "announced disabled webhooks whose announcement was lost"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot announce disabled webhooks; trying again later")
+            }
+        }
         // Rotated-out secrets stop signing when their grace ends (both stages check); here
         // they leave the database too.
         if let Err(e) = store::admin::drop_expired_secrets(&pool).await {
@@ -60,6 +72,16 @@ enum SweepError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Amqp(#[from] AmqpError),
+}
+
+/// Publishes `webhook.disabled` for each disabling that was not confirmed a minute after it.
+async fn announce_disabled(pool: &Pool, publisher: &Publisher) -> Result<usize, SweepError> {
+    let missing = store::unannounced(pool, OVERDUE, BATCH).await?;
+    for disabled in &missing {
+        publish_disabled(publisher, disabled).await?;
+        store::announced(pool, disabled.id, disabled.at).await?;
+    }
+    Ok(missing.len())
 }
 
 /// One sweep: publishes a job for each overdue delivery, and lets the store commit only once the

@@ -1,16 +1,17 @@
 //! What a recorded attempt does to its webhook's standing (contract section 14): a `410 Gone`,
 //! or a failure that ends a long enough run of failed deliveries, disables the webhook, and the
-//! replica that disabled it announces it on the status exchange.
+//! replica that disabled it announces it on the status exchange (the sweeper, late, should that
+//! fail).
 
 use chrono::Utc;
 
 use super::Context;
-use crate::amqp::Publisher;
+use crate::amqp::{AmqpError, Publisher, confirmed};
 use crate::consumer::{Done, StageError};
 use crate::disabling::{self, Streak};
 use crate::model::DeliveryRecord;
 use crate::status::WebhookDisabled;
-use crate::store;
+use crate::store::{self, Disabled};
 
 /// Disables the webhook of `record` if its attempt calls for it. `failing` is the webhook's run
 /// of failed deliveries, when this attempt failed its delivery.
@@ -38,17 +39,27 @@ pub async fn after_attempt(
         repository = %disabled.repository, reason = reason.as_str(),
         "webhook disabled; enable it again once its endpoint is fixed"
     );
+    // Confirmed here, not with the rest of the message: only then is it noted as announced.
+    // Should the broker not confirm it, the message comes again but the webhook is disabled
+    // already; the sweeper announces it instead.
+    publish_disabled(publisher, &disabled).await?;
+    ctx.db(|| store::announced(&ctx.pool, disabled.id, disabled.at))
+        .await?;
+    Ok(Done::default())
+}
+
+/// Publishes a disabling's `webhook.disabled` event and waits for the broker's confirm.
+pub async fn publish_disabled(publisher: &Publisher, disabled: &Disabled) -> Result<(), AmqpError> {
     let event = WebhookDisabled {
         webhook_id: disabled.id,
         webhook_name: &disabled.name,
         namespace: &disabled.namespace,
         repository: &disabled.repository,
-        reason: reason.as_str(),
+        reason: &disabled.reason,
         at: disabled.at,
     };
-    Ok(Done::after(vec![
-        publisher
-            .status(WebhookDisabled::ROUTING_KEY, &event.to_json())
-            .await?,
-    ]))
+    let pending = publisher
+        .status(WebhookDisabled::ROUTING_KEY, &event.to_json())
+        .await?;
+    confirmed(vec![pending]).await
 }

@@ -4,7 +4,6 @@
 //! queue, and one of a disabled webhook ends without a request.
 
 use std::sync::Arc;
-
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};

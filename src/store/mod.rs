@@ -23,7 +23,8 @@ pub use deliveries::{
 };
 pub use migrate::migrate;
 pub use webhooks::{
-    Disabled, Limits, Rule, SECRET_COLUMNS, Secrets, Unusable, Webhook, WebhookCache, disable,
+    Disabled, Limits, Rule, SECRET_COLUMNS, Secrets, Unusable, Webhook, WebhookCache, announced,
+    disable, unannounced,
 };
 
 use crate::backoff::Waits;

@@ -372,7 +372,21 @@ pub struct Disabled {
     pub name: String,
     pub namespace: String,
     pub repository: String,
+    pub reason: String,
     pub at: DateTime<Utc>,
+}
+
+impl Disabled {
+    fn from_row(row: &tokio_postgres::Row) -> Result<Disabled, StoreError> {
+        Ok(Disabled {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            namespace: row.try_get("namespace")?,
+            repository: row.try_get("repository")?,
+            reason: row.try_get("disabled_reason")?,
+            at: row.try_get("disabled_at")?,
+        })
+    }
 }
 
 /// Disables a webhook for `reason`, if it is still enabled: of several replicas that try at
@@ -382,24 +396,54 @@ pub async fn disable(pool: &Pool, id: i64, reason: Reason) -> Result<Option<Disa
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "UPDATE webhooks SET enabled = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
+            "UPDATE webhooks SET enabled = false, disabled_reason = $2, disabled_at = now(),
+                    disabled_announced = false, updated_at = now()
               WHERE id = $1 AND enabled
-             RETURNING id, name, namespace, repository, disabled_at",
+             RETURNING id, name, namespace, repository, disabled_reason, disabled_at",
         )
         .await?;
-    let Some(row) = client
+    client
         .query_opt(&statement, &[&id, &reason.as_str()])
         .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(Disabled {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        namespace: row.try_get("namespace")?,
-        repository: row.try_get("repository")?,
-        at: row.try_get("disabled_at")?,
-    }))
+        .map(|row| Disabled::from_row(&row))
+        .transpose()
+}
+
+/// Notes that the broker confirmed the `webhook.disabled` event of the disabling at `at`.
+pub async fn announced(pool: &Pool, id: i64, at: DateTime<Utc>) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE webhooks SET disabled_announced = true
+              WHERE id = $1 AND disabled_at = $2 AND NOT disabled_announced",
+        )
+        .await?;
+    client.execute(&statement, &[&id, &at]).await?;
+    Ok(())
+}
+
+/// Webhooks tagcast disabled longer ago than `after`, still disabled, whose `webhook.disabled`
+/// event was never confirmed: at most `limit`, oldest first.
+pub async fn unannounced(
+    pool: &Pool,
+    after: Duration,
+    limit: i64,
+) -> Result<Vec<Disabled>, StoreError> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT id, name, namespace, repository, disabled_reason, disabled_at FROM webhooks
+              WHERE disabled_reason IS NOT NULL AND NOT disabled_announced AND NOT enabled
+                AND disabled_at < now() - make_interval(secs => $1)
+              ORDER BY disabled_at LIMIT $2",
+        )
+        .await?;
+    client
+        .query(&statement, &[&after.as_secs_f64(), &limit])
+        .await?
+        .iter()
+        .map(Disabled::from_row)
+        .collect()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::receiver::{Receiver, Reply};
-use crate::support::{SECOND, TestApp, Trigger, event, test_settings};
+use crate::support::{SECOND, TestApp, Trigger, event, eventually, test_settings};
 
 /// The status events until one of each delivery and webhook event wanted has come: split into
 /// deliveries' and `webhook.disabled` ones.
@@ -16,6 +16,15 @@ async fn split(app: &mut TestApp, n: usize) -> (Vec<Value>, Vec<Value>) {
     let all = app.statuses(n, 15 * SECOND).await;
     all.into_iter()
         .partition(|s| s.get("delivery_id").is_some())
+}
+
+/// Waits until the webhook's disabling is noted as announced.
+async fn announced(app: &TestApp, id: i64) {
+    eventually("disabling noted as announced", 5 * SECOND, || async move {
+        let sql = format!("SELECT disabled_announced FROM webhooks WHERE id = {id}");
+        app.scalar::<bool>(&sql).await.then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -62,6 +71,8 @@ async fn a_410_disables_its_webhook_at_once_and_says_so_once() {
         (enabled, reason.as_deref(), at),
         (false, Some("gone"), true)
     );
+    // Noted once the broker confirmed it, so the sweeper leaves it be.
+    announced(&app, id).await;
     assert_eq!(
         app.metric(r#"tagcast_webhooks_disabled_total{reason="gone"}"#)
             .await,
@@ -185,6 +196,31 @@ async fn a_webhook_whose_deliveries_keep_failing_past_the_window_is_disabled_and
         "one failure after enabling disables nothing"
     );
     app.no_status_within(SECOND).await;
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_disabling_whose_announcement_was_lost_is_announced_by_the_sweeper() {
+    let mut app = TestApp::spawn().await;
+    let id = app
+        .insert_webhook("lost", "http://127.0.0.1:9/", Trigger::All)
+        .await;
+    // As a replica leaves it that disabled the webhook and died before the broker confirmed.
+    app.pg
+        .execute(
+            "UPDATE webhooks SET enabled = false, disabled_reason = 'failing',
+                    disabled_at = now() - interval '2 minutes' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let notice = app.next_status(20 * SECOND).await;
+    assert_eq!(
+        (notice["webhook_id"].as_i64(), notice["reason"].as_str()),
+        (Some(id), Some("failing"))
+    );
+    announced(&app, id).await;
+    app.no_status_within(16 * SECOND).await;
     app.teardown().await;
 }
 
