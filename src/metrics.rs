@@ -57,6 +57,15 @@ pub enum Deferred {
     MaxInFlight,
 }
 
+impl Deferred {
+    fn as_str(self) -> &'static str {
+        match self {
+            Deferred::Breaker => "breaker",
+            Deferred::MaxInFlight => "max_in_flight",
+        }
+    }
+}
+
 /// Which broker queue a dead-lettered or redelivered message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -285,6 +294,9 @@ impl Metrics {
                 .breaker_transitions
                 .with_label_values(&[to.as_str()]);
         }
+        for why in [Deferred::Breaker, Deferred::MaxInFlight] {
+            metrics.deferred.with_label_values(&[why.as_str()]);
+        }
         metrics
     }
 
@@ -353,11 +365,7 @@ impl Metrics {
     }
 
     pub fn deferred(&self, why: Deferred) {
-        let label = match why {
-            Deferred::Breaker => "breaker",
-            Deferred::MaxInFlight => "max_in_flight",
-        };
-        self.deferred.with_label_values(&[label]).inc();
+        self.deferred.with_label_values(&[why.as_str()]).inc();
     }
 
     pub fn redelivered(&self, stage: Stage) {
@@ -460,6 +468,7 @@ mod tests {
             "tagcast_webhooks_disabled_total{reason=\"failing\"} 0",
             "tagcast_breakers_open 0",
             "tagcast_breaker_transitions_total{to=\"open\"} 0",
+            "tagcast_deliveries_deferred_total{reason=\"max_in_flight\"} 0",
         ] {
             assert!(text.contains(family), "missing {family} in\n{text}");
         }
