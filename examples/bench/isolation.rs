@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use crate::measures::print_metrics;
 use crate::support::CountingReceiver;
 use crate::support::receiver::Receiver;
 use crate::support::workload::{Env, EventPublisher, Worker, event_body};
@@ -114,19 +115,16 @@ pub(crate) async fn isolation(binary: &str, events: usize, failing: bool) -> Iso
         );
     }
     let elapsed = started.elapsed();
-    if std::env::var_os("BENCH_VERBOSE").is_some()
-        && let Ok(r) = reqwest::get(format!("http://127.0.0.1:{}/metrics", env.metrics_port)).await
-    {
-        let text = r.text().await.unwrap_or_default();
-        for line in text.lines().filter(|l| {
-            l.starts_with("tagcast_first_attempts")
-                || l.starts_with("tagcast_deliveries_deferred")
-                || l.starts_with("tagcast_breaker")
-                || l.starts_with("tagcast_delivery_attempts_total")
-        }) {
-            eprintln!("  {line}");
-        }
-    }
+    print_metrics(
+        env.metrics_port,
+        &[
+            "tagcast_first_attempts",
+            "tagcast_deliveries_deferred",
+            "tagcast_breaker",
+            "tagcast_delivery_attempts_total",
+        ],
+    )
+    .await;
     worker.terminate(Duration::from_secs(30));
     env.destroy().await;
 

@@ -229,19 +229,16 @@ pub(crate) async fn drain(binary: &str, events: usize, fanout: usize, status_que
     let receiver_cpu = process_usage(std::process::id()).0 - receiver0;
     let machine1 = machine_cpu();
     let (busy, idle) = (machine1.0 - machine0.0, machine1.1 - machine0.1);
-    if std::env::var_os("BENCH_VERBOSE").is_some()
-        && let Ok(r) = reqwest::get(format!("http://127.0.0.1:{}/metrics", env.metrics_port)).await
-    {
-        let text = r.text().await.unwrap_or_default();
-        for line in text.lines().filter(|l| {
-            l.starts_with("tagcast_first_attempts")
-                || l.starts_with("tagcast_database_retries")
-                || l.starts_with("tagcast_messages_redelivered")
-                || l.starts_with("tagcast_delivery_attempts_total")
-        }) {
-            eprintln!("  {line}");
-        }
-    }
+    print_metrics(
+        env.metrics_port,
+        &[
+            "tagcast_first_attempts",
+            "tagcast_database_retries",
+            "tagcast_messages_redelivered",
+            "tagcast_delivery_attempts_total",
+        ],
+    )
+    .await;
     worker.terminate(Duration::from_secs(30));
     env.destroy().await;
     let per_1000 = |seconds: f64| seconds / expected as f64 * 1000.0;
@@ -253,6 +250,23 @@ pub(crate) async fn drain(binary: &str, events: usize, fanout: usize, status_que
         database_per_1000: per_1000(database),
         receiver_per_1000: per_1000(receiver_cpu),
         idle: idle / (busy + idle),
+    }
+}
+
+/// With `BENCH_VERBOSE` set, prints the worker's metric lines that start with one of `families`.
+pub(crate) async fn print_metrics(port: u16, families: &[&str]) {
+    if std::env::var_os("BENCH_VERBOSE").is_none() {
+        return;
+    }
+    let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
+        return;
+    };
+    let text = r.text().await.unwrap_or_default();
+    for line in text
+        .lines()
+        .filter(|l| families.iter().any(|f| l.starts_with(f)))
+    {
+        eprintln!("  {line}");
     }
 }
 
