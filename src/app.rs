@@ -106,7 +106,7 @@ impl App {
         let state = self.api_state(current);
         let topology = self.topology();
         let broker = Broker {
-            url: self.settings.amqp_url.clone(),
+            nodes: self.settings.amqp_url.clone(),
             topology: topology.clone(),
             event_concurrency: 1,
             delivery_concurrency: 1,
@@ -248,7 +248,7 @@ impl App {
         ));
 
         let broker = Broker {
-            url: s.amqp_url.clone(),
+            nodes: s.amqp_url.clone(),
             topology: topology.clone(),
             event_concurrency: s.event_concurrency,
             delivery_concurrency: s.delivery_concurrency,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::guard::Cidr;
+use crate::nodes::Nodes;
 use crate::redact::SecretUrl;
 
 #[derive(Debug, Parser)]
@@ -84,7 +85,8 @@ pub enum TopologyCommand {
 /// variable to fix.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// RabbitMQ to consume events from and publish status events to (amqp:// or amqps://).
+    /// RabbitMQ to consume events from and publish status events to (amqp:// or amqps://): one
+    /// URL, or the comma-separated URLs of one cluster's nodes.
     #[arg(
         long,
         global = true,
@@ -94,7 +96,7 @@ pub struct Settings {
         hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
-    pub amqp_url: SecretUrl,
+    pub amqp_url: Nodes,
 
     /// PostgreSQL holding webhooks and access records.
     #[arg(
@@ -305,7 +307,10 @@ mod tests {
     #[test]
     fn defaults_match_the_spec() {
         let s = Settings::defaults();
-        assert_eq!(s.amqp_url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(
+            s.amqp_url.get(0).expose(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
         assert_eq!(
             s.database_url.expose(),
             "postgres://postgres@127.0.0.1:5432/postgres"

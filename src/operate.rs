@@ -8,12 +8,13 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
 
+use crate::amqp::connection::connect_any;
 use crate::amqp::{AmqpError, Topology};
 use crate::events;
-use crate::redact::SecretUrl;
+use crate::nodes::Nodes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperateError {
@@ -83,12 +84,8 @@ pub struct DeadLetter {
     pub body: String,
 }
 
-async fn open(amqp: &SecretUrl, name: &str) -> Result<(Connection, Channel), OperateError> {
-    let connection = Connection::connect(
-        amqp.expose(),
-        ConnectionProperties::default().with_connection_name(name.into()),
-    )
-    .await?;
+async fn open(amqp: &Nodes, name: &str) -> Result<(Connection, Channel), OperateError> {
+    let (connection, _) = connect_any(amqp, 0..amqp.urls().len(), name).await?;
     let channel = connection.create_channel().await?;
     Ok((connection, channel))
 }
@@ -140,7 +137,7 @@ fn first_death_reason(properties: &BasicProperties) -> Option<String> {
 
 /// Lists dead-lettered messages, leaving them where they are.
 pub async fn list(
-    amqp: &SecretUrl,
+    amqp: &Nodes,
     topology: &Topology,
     selection: &Selection,
 ) -> Result<Vec<DeadLetter>, OperateError> {
@@ -155,7 +152,7 @@ pub async fn list(
 /// Puts dead-lettered messages back on the queue they came from, each acknowledged off the
 /// dead-letter queue only once the broker has confirmed it back. Returns how many.
 pub async fn replay(
-    amqp: &SecretUrl,
+    amqp: &Nodes,
     topology: &Topology,
     selection: &Selection,
 ) -> Result<usize, OperateError> {
@@ -254,7 +251,7 @@ async fn depth(connection: &Connection, queue: &str) -> Result<Option<(u32, u32)
 /// Deletes every queue `topology` declares, after asking (unless `yes`). The exchanges are
 /// left: the registry and status consumers share them.
 pub async fn delete_topology(
-    amqp: &SecretUrl,
+    amqp: &Nodes,
     topology: &Topology,
     yes: bool,
 ) -> Result<Vec<(String, u32)>, OperateError> {

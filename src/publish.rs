@@ -4,12 +4,13 @@
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, ExchangeKind};
 use serde_json::json;
 
 use crate::amqp::AmqpError;
+use crate::amqp::connection::connect_any;
 use crate::events::BUILD_COMPLETED;
-use crate::redact::SecretUrl;
+use crate::nodes::Nodes;
 
 /// What to publish.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,7 +64,7 @@ impl Sample {
 /// Publishes the event to `exchange` (declaring it, as tagcast does, if it does not exist yet)
 /// and waits for the broker's confirm. Returns the event's id.
 pub async fn publish(
-    amqp: &SecretUrl,
+    amqp: &Nodes,
     exchange: &str,
     sample: &Sample,
 ) -> Result<String, AmqpError> {
@@ -71,11 +72,7 @@ pub async fn publish(
         .event_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let connection = Connection::connect(
-        amqp.expose(),
-        ConnectionProperties::default().with_connection_name("tagcast publish".into()),
-    )
-    .await?;
+    let (connection, _) = connect_any(amqp, 0..amqp.urls().len(), "tagcast publish").await?;
     let channel = connection.create_channel().await?;
     channel
         .exchange_declare(

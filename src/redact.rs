@@ -13,6 +13,10 @@ impl SecretUrl {
     pub fn expose(&self) -> &str {
         self.0.as_str()
     }
+
+    pub fn scheme(&self) -> &str {
+        self.0.scheme()
+    }
 }
 
 impl FromStr for SecretUrl {

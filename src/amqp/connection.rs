@@ -1,5 +1,6 @@
-//! The broker connection: open it with its channels, and keep one open, reconnecting with
-//! backoff whenever it is lost.
+//! The broker connection: open it with its channels on one of the cluster's nodes, and keep one
+//! open, failing over to another node (with backoff once every node has refused) whenever it is
+//! lost.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,7 +16,39 @@ use super::{AmqpError, Publisher, Topology};
 use crate::backoff::Waits;
 use crate::health::Flag;
 use crate::metrics::Metrics;
-use crate::redact::SecretUrl;
+use crate::nodes::{Failover, Nodes};
+
+/// How long one node may take to accept a connection before the next is tried: a node whose
+/// host vanished would otherwise hold a replica for the operating system's TCP timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a connection to the first node of `order` that takes it; the error is the last
+/// node's. For commands that connect once; the supervisor keeps its own order.
+pub async fn connect_any(
+    nodes: &Nodes,
+    order: impl IntoIterator<Item = usize>,
+    name: &str,
+) -> Result<(Connection, usize), AmqpError> {
+    let mut last = None;
+    for index in order {
+        let url = nodes.get(index);
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url.expose(), properties))
+            .await
+        {
+            Ok(Ok(connection)) => return Ok((connection, index)),
+            Ok(Err(e)) => {
+                tracing::debug!(amqp = %url, error = %e, "RabbitMQ node refused the connection");
+                last = Some(AmqpError::Lapin(e));
+            }
+            Err(_) => {
+                tracing::debug!(amqp = %url, "RabbitMQ node did not answer in time");
+                last = Some(AmqpError::Timeout(url.clone()));
+            }
+        }
+    }
+    Err(last.unwrap_or(AmqpError::NoNodes))
+}
 
 /// The channels of one connection: publishing (in confirm mode), one per consumed queue, each
 /// with its prefetch, and one for reading queue depths.
@@ -34,18 +67,31 @@ pub struct Refused(pub String);
 
 /// Where and how to connect.
 pub struct Broker {
-    pub url: SecretUrl,
+    pub nodes: Nodes,
     pub topology: Arc<Topology>,
     pub event_concurrency: u16,
     pub delivery_concurrency: u16,
 }
 
 impl Broker {
-    /// Connects, declares the topology and opens the channels.
-    pub async fn connect(&self) -> Result<(Connection, Channels), AmqpError> {
-        let properties = ConnectionProperties::default()
-            .with_connection_name(format!("tagcast {}", self.topology.prefix).into());
-        let connection = Connection::connect(self.url.expose(), properties).await?;
+    /// Connects to the first node of the round that takes it, declares the topology and opens
+    /// the channels; returns which node it is.
+    pub async fn connect(
+        &self,
+        order: impl IntoIterator<Item = usize>,
+    ) -> Result<(Connection, Channels, usize), AmqpError> {
+        let name = format!("tagcast {}", self.topology.prefix);
+        let (connection, node) = connect_any(&self.nodes, order, &name).await?;
+        match self.open(&connection).await {
+            Ok(channels) => Ok((connection, channels, node)),
+            Err(e) => {
+                let _ = connection.close(320, "setup failed".into()).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn open(&self, connection: &Connection) -> Result<Channels, AmqpError> {
         let publish = connection.create_channel().await?;
         self.topology.declare(&publish).await?;
         publish
@@ -63,13 +109,12 @@ impl Broker {
             )
             .await?;
         let depths = connection.create_channel().await?;
-        let channels = Channels {
+        Ok(Channels {
             publisher: Publisher::new(publish, self.topology.clone()),
             events,
             deliveries,
             depths,
-        };
-        Ok((connection, channels))
+        })
     }
 
     /// Keeps a connection open until `stop` fires: `session` runs on each connection, and
@@ -92,19 +137,21 @@ impl Broker {
     {
         let backoff = || Waits::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut waits = backoff();
+        let mut failover: Failover = self.nodes.failover(&mut fastrand::Rng::new());
         let started = std::time::Instant::now();
         let mut connected_once = false;
         loop {
             if stop.is_cancelled() {
                 return Ok(None);
             }
-            match self.connect().await {
-                Ok((connection, channels)) => {
+            match self.connect(failover.round().collect::<Vec<_>>()).await {
+                Ok((connection, channels, node)) => {
                     waits = backoff();
                     connected_once = true;
+                    failover.connected(node);
                     metrics.broker_connections.inc();
                     health.up();
-                    tracing::info!(amqp = %self.url, "connected to RabbitMQ");
+                    tracing::info!(amqp = %self.nodes.get(node), node = node + 1, "connected to RabbitMQ");
                     publisher.send_replace(Some(channels.publisher.clone()));
                     session(channels).await;
                     publisher.send_replace(None);
@@ -112,8 +159,9 @@ impl Broker {
                         return Ok(Some(connection));
                     }
                     health.down(&"connection lost");
-                    tracing::warn!("lost RabbitMQ connection; reconnecting");
+                    tracing::warn!(amqp = %self.nodes.get(node), node = node + 1, "lost RabbitMQ connection; reconnecting");
                     let _ = connection.close(320, "reconnecting".into()).await;
+                    failover.lost();
                 }
                 Err(e) => {
                     if !connected_once
@@ -123,7 +171,7 @@ impl Broker {
                         return Err(Refused(problem));
                     }
                     health.down(&e);
-                    tracing::debug!(amqp = %self.url, error = %e, "cannot connect to RabbitMQ; retrying");
+                    tracing::debug!(amqp = %self.nodes, error = %e, "cannot connect to any RabbitMQ node; retrying");
                 }
             }
             tokio::select! {

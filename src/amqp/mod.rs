@@ -61,6 +61,10 @@ pub enum AmqpError {
     Lapin(#[from] lapin::Error),
     #[error("rabbitmq refused to take a message (publisher nack)")]
     Nacked,
+    #[error("rabbitmq node {0} did not accept a connection in time")]
+    Timeout(crate::redact::SecretUrl),
+    #[error("no rabbitmq node to connect to")]
+    NoNodes,
 }
 
 impl AmqpError {

@@ -24,7 +24,7 @@ const TAGCAST: &str = env!("CARGO_BIN_EXE_tagcast");
 /// A tagcast command on a test app's database, prefix and exchanges, logging JSON.
 fn tagcast(settings: &Settings) -> Command {
     let mut cmd = Command::new(TAGCAST);
-    cmd.env("TAGCAST_AMQP_URL", settings.amqp_url.expose())
+    cmd.env("TAGCAST_AMQP_URL", settings.amqp_url.get(0).expose())
         .env("TAGCAST_DATABASE_URL", settings.database_url.expose())
         .env("TAGCAST_QUEUE_PREFIX", &settings.queue_prefix)
         .env("TAGCAST_EVENTS_EXCHANGE", &settings.events_exchange)

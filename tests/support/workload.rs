@@ -114,6 +114,8 @@ pub struct Env {
     /// A pool, so that it outlives a restart of PostgreSQL.
     pub pg: tagcast::store::Pool,
     pub metrics_port: u16,
+    /// The broker's node URLs: the local broker, unless a cluster run sets its nodes.
+    pub amqp: Vec<String>,
 }
 
 impl Env {
@@ -134,7 +136,18 @@ impl Env {
             database,
             pg,
             metrics_port,
+            amqp: vec![AMQP.to_owned()],
         }
+    }
+
+    /// A connection to the first of the environment's broker nodes that takes one.
+    pub async fn broker(&self) -> Option<Connection> {
+        for url in &self.amqp {
+            if let Ok(conn) = Connection::connect(url, ConnectionProperties::default()).await {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     /// A connection from the environment's pool.
@@ -154,16 +167,19 @@ impl Env {
 
     /// The command that runs tagcast on this environment.
     pub fn command(&self, binary: &str) -> Command {
+        self.command_on(binary, self.metrics_port)
+    }
+
+    /// The command for one of several replicas, each serving metrics on a port of its own.
+    pub fn command_on(&self, binary: &str, metrics_port: u16) -> Command {
         let mut cmd = Command::new(binary);
         cmd.arg("run")
+            .env("TAGCAST_AMQP_URL", self.amqp.join(","))
             .env("TAGCAST_DATABASE_URL", self.database_url())
             .env("TAGCAST_QUEUE_PREFIX", &self.prefix)
             .env("TAGCAST_EVENTS_EXCHANGE", self.events_exchange())
             .env("TAGCAST_STATUS_EXCHANGE", self.status_exchange())
-            .env(
-                "TAGCAST_METRICS_ADDR",
-                format!("127.0.0.1:{}", self.metrics_port),
-            )
+            .env("TAGCAST_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("TAGCAST_API_ADDR", "127.0.0.1:0")
             .env("TAGCAST_ALLOW_PRIVATE_TARGETS", "true")
             .env("TAGCAST_RETRY_INITIAL_DELAY", "250ms")
@@ -199,18 +215,25 @@ impl Env {
     }
 
     pub async fn ready(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(r) =
-                reqwest::get(format!("http://127.0.0.1:{}/readyz", self.metrics_port)).await
-                && r.status().is_success()
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        ready_on(self.metrics_port, timeout).await
     }
+}
+
+/// Whether the tagcast serving metrics on `port` reports ready within `timeout`.
+pub async fn ready_on(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await
+            && r.status().is_success()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+impl Env {
 
     /// The queue a consumer of status events would have: durable, quorum, bound to every
     /// status. Nobody reads it; `destroy` deletes it. Without it the broker drops each status
@@ -220,9 +243,7 @@ impl Env {
     }
 
     pub async fn bind_status_queue(&self) {
-        let conn = Connection::connect(AMQP, ConnectionProperties::default())
-            .await
-            .unwrap();
+        let conn = self.broker().await.expect("RabbitMQ is not running");
         let ch = conn.create_channel().await.unwrap();
         declare_topic_exchange(&ch, &self.status_exchange())
             .await
@@ -289,13 +310,23 @@ pub async fn declare_quorum_queue(ch: &Channel, name: &str) -> Result<(), lapin:
 pub struct EventPublisher {
     exchange: String,
     channel: Option<(Connection, Channel)>,
+    /// Node URLs, tried in turn from `next` when a connection is lost.
+    nodes: Vec<String>,
+    next: usize,
 }
 
 impl EventPublisher {
     pub fn new(exchange: String) -> EventPublisher {
+        EventPublisher::on(exchange, vec![AMQP.to_owned()])
+    }
+
+    /// A publisher to the nodes of a cluster, going on to the next node when one goes away.
+    pub fn on(exchange: String, nodes: Vec<String>) -> EventPublisher {
         EventPublisher {
             exchange,
             channel: None,
+            nodes,
+            next: 0,
         }
     }
 
@@ -308,7 +339,9 @@ impl EventPublisher {
                 return ch.clone();
             }
             self.channel = None;
-            if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await
+            let url = self.nodes[self.next % self.nodes.len()].clone();
+            self.next += 1;
+            if let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await
                 && let Ok(ch) = conn.create_channel().await
                 && ch
                     .confirm_select(ConfirmSelectOptions::default())
@@ -386,8 +419,16 @@ pub struct Worker {
 
 impl Worker {
     pub fn spawn(env: &Env, binary: &str) -> Worker {
+        Worker::spawn_on(env, binary, env.metrics_port)
+    }
+
+    /// A replica serving metrics on `metrics_port`.
+    pub fn spawn_on(env: &Env, binary: &str, metrics_port: u16) -> Worker {
         Worker {
-            child: env.command(binary).spawn().expect("cannot start tagcast"),
+            child: env
+                .command_on(binary, metrics_port)
+                .spawn()
+                .expect("cannot start tagcast"),
         }
     }
 
