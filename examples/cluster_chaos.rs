@@ -12,6 +12,7 @@
 mod support;
 
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::{CountingReceiver, Env, EventPublisher, Worker, event_body, ready_on, verdict};
@@ -169,15 +170,28 @@ async fn chaos(urls: &[String], a: &Args, binary: &str) -> bool {
     }
     env.bind_status_queue().await;
     let members = Command::new("rabbitmqctl")
-        .args(["-q", "-n", "tagcast-c1@localhost", "list_queues", "name", "members"])
+        .args([
+            "-q",
+            "-n",
+            "tagcast-c1@localhost",
+            "list_queues",
+            "name",
+            "members",
+        ])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     let deliveries_queue = format!("{}.deliveries", env.prefix);
-    if let Some(line) = members.lines().find(|l| l.starts_with(&deliveries_queue)) {
+    if let Some(line) = members
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(deliveries_queue.as_str()))
+    {
         println!("replicas of {line}");
     }
-    println!("replicas per node at start: {:?}", &connections(&env.prefix)[1..]);
+    println!(
+        "replicas per node at start: {:?}",
+        &connections(&env.prefix)[1..]
+    );
 
     let expected = a.events * a.webhooks;
     let (exchange, nodes, events, rate) = (env.events_exchange(), urls.to_vec(), a.events, a.rate);
@@ -215,7 +229,18 @@ async fn chaos(urls: &[String], a: &Args, binary: &str) -> bool {
     ];
     let mut plan = plan.into_iter().peekable();
     let t0 = Instant::now();
-    let mut timeline = Timeline(Vec::new());
+    // Sampled on a task of its own, so that the wait after each fault is sampled too.
+    let timeline = Arc::new(Mutex::new(Timeline(Vec::new())));
+    let sampler = {
+        let (timeline, seen) = (timeline.clone(), receiver.seen.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let received = seen.lock().unwrap().ids.len();
+                timeline.lock().unwrap().0.push((Instant::now(), received));
+            }
+        })
+    };
     let mut faults: Vec<(Instant, String)> = Vec::new();
     let mut recoveries = Vec::new();
     let mut killed_nodes: Vec<usize> = Vec::new();
@@ -225,7 +250,6 @@ async fn chaos(urls: &[String], a: &Args, binary: &str) -> bool {
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let received = receiver.seen.lock().unwrap().ids.len();
-        timeline.0.push((Instant::now(), received));
         if received != last_progress.0 {
             last_progress = (received, Instant::now());
         }
@@ -233,7 +257,8 @@ async fn chaos(urls: &[String], a: &Args, binary: &str) -> bool {
             && t0.elapsed().as_secs_f64() >= *at
         {
             let (_, fault) = plan.next().unwrap();
-            let at = Instant::now();
+            // When the fault took effect: a kill at once, a revive or a stop once done.
+            let mut at = Instant::now();
             let running: Vec<u16> = replicas
                 .iter()
                 .filter(|r| r.worker.is_some())
@@ -257,6 +282,7 @@ async fn chaos(urls: &[String], a: &Args, binary: &str) -> bool {
                         leader
                     };
                     cluster(&["kill", &node.to_string()]);
+                    at = Instant::now();
                     killed_nodes.push(node);
                     down = Some(node);
                     format!(
@@ -271,6 +297,7 @@ async fn chaos(urls: &[String], a: &Args, binary: &str) -> bool {
                         cluster(&["revive", &node.to_string()]);
                     });
                     revive.await.unwrap();
+                    at = Instant::now();
                     format!("node {node} back")
                 }
                 Fault::KillReplica => {
@@ -281,13 +308,16 @@ async fn chaos(urls: &[String], a: &Args, binary: &str) -> bool {
                 }
                 Fault::TermReplica => {
                     let mut w = replicas[1].worker.take().unwrap();
-                    let exit = tokio::task::spawn_blocking(move || {
-                        w.terminate(Duration::from_secs(40))
-                    })
-                    .await
-                    .unwrap();
+                    let exit =
+                        tokio::task::spawn_blocking(move || w.terminate(Duration::from_secs(40)))
+                            .await
+                            .unwrap();
                     sigterm_exit = Some(exit.and_then(|s| s.code()));
-                    format!("SIGTERM replica 2 (exit code {sigterm_exit:?}), left stopped")
+                    at = Instant::now();
+                    format!(
+                        "SIGTERM replica 2 (exit code {:?}), left stopped",
+                        sigterm_exit.flatten()
+                    )
                 }
             };
             let running: Vec<u16> = running
@@ -307,12 +337,17 @@ async fn chaos(urls: &[String], a: &Args, binary: &str) -> bool {
         }
     }
     let published = publisher.await.unwrap();
+    sampler.abort();
+    let timeline = std::mem::replace(&mut *timeline.lock().unwrap(), Timeline(Vec::new()));
     // Let the records of the last deliveries commit before comparing.
     for _ in 0..100 {
         let done: i64 = env
             .client()
             .await
-            .query_one("SELECT count(*) FROM deliveries WHERE status = 'succeeded'", &[])
+            .query_one(
+                "SELECT count(*) FROM deliveries WHERE status = 'succeeded'",
+                &[],
+            )
             .await
             .map_or(0, |r| r.get(0));
         if done as usize >= expected {
@@ -367,13 +402,18 @@ async fn chaos(urls: &[String], a: &Args, binary: &str) -> bool {
         );
     }
     println!("final SIGTERM exit codes: {final_exits:?}");
-    println!("took:                    {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "took:                    {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     env.destroy().await;
     v.lost == 0
         && v.records_agree == expected
         && sigterm_exit == Some(Some(0))
         && final_exits.iter().all(|c| *c == Some(0))
-        && reports.iter().all(|f| f.ready_again < Duration::from_secs(10))
+        && reports
+            .iter()
+            .all(|f| f.ready_again < Duration::from_secs(10))
 }
 
 /// Deliveries per second when `replicas` replicas drain `events` events queued beforehand.

@@ -94,6 +94,7 @@ impl App {
             prefix: s.queue_prefix.clone(),
             events_exchange: s.events_exchange.clone(),
             status_exchange: s.status_exchange.clone(),
+            quorum_group_size: s.quorum_group_size,
         })
     }
 

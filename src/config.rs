@@ -233,6 +233,13 @@ pub struct Settings {
           default_value = "30s", value_parser = duration)]
     pub breaker_cooldown: Duration,
 
+    /// Replicas of each queue tagcast declares (x-quorum-initial-group-size); unset, RabbitMQ
+    /// places one on every node of the cluster. Changing it for queues that exist is refused by
+    /// RabbitMQ: delete them first, with tagcast topology delete.
+    #[arg(long, global = true, env = "TAGCAST_QUORUM_GROUP_SIZE", value_name = "TAGCAST_QUORUM_GROUP_SIZE",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub quorum_group_size: Option<u32>,
+
     /// Attempts in flight to one webhook on this replica, for a webhook whose max_in_flight
     /// column is null.
     #[arg(long, global = true, env = "TAGCAST_WEBHOOK_MAX_IN_FLIGHT", value_name = "TAGCAST_WEBHOOK_MAX_IN_FLIGHT",

@@ -151,6 +151,7 @@ fn topology(settings: &Settings, prefix: &str) -> Topology {
         prefix: prefix.to_owned(),
         events_exchange: settings.events_exchange.clone(),
         status_exchange: settings.status_exchange.clone(),
+        quorum_group_size: settings.quorum_group_size,
     }
 }
 

@@ -37,12 +37,12 @@ impl FromStr for Nodes {
                 return Err(NodesError::Blank { position });
             }
             // The parse error of `url` never quotes its input, so it holds no password.
-            let url: SecretUrl = part.parse().map_err(|e: url::ParseError| {
-                NodesError::Unparseable {
-                    position,
-                    reason: e.to_string(),
-                }
-            })?;
+            let url: SecretUrl =
+                part.parse()
+                    .map_err(|e: url::ParseError| NodesError::Unparseable {
+                        position,
+                        reason: e.to_string(),
+                    })?;
             let scheme = url.scheme();
             if scheme != "amqp" && scheme != "amqps" {
                 return Err(NodesError::Scheme {
@@ -164,7 +164,10 @@ mod tests {
             .unwrap();
         let shown = format!("{nodes} {nodes:?}");
         assert!(!shown.contains("hunter"), "{shown}");
-        assert!(shown.contains("a:5672") && shown.contains("b:5672"), "{shown}");
+        assert!(
+            shown.contains("a:5672") && shown.contains("b:5672"),
+            "{shown}"
+        );
         let error = "amqp://u:hunter2@a,ftp://u:hunter2@b"
             .parse::<Nodes>()
             .unwrap_err();
@@ -184,7 +187,11 @@ mod tests {
         assert_eq!(round(&f), [0, 1, 2], "node 2 went away: it comes last");
         // 0 was down too; 1 took it.
         f.connected(1);
-        assert_eq!(round(&f), [1, 2, 0], "a reconnect tries the node in use first");
+        assert_eq!(
+            round(&f),
+            [1, 2, 0],
+            "a reconnect tries the node in use first"
+        );
         f.lost();
         assert_eq!(round(&f), [2, 0, 1]);
         let mut single = Failover {

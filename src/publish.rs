@@ -63,11 +63,7 @@ impl Sample {
 
 /// Publishes the event to `exchange` (declaring it, as tagcast does, if it does not exist yet)
 /// and waits for the broker's confirm. Returns the event's id.
-pub async fn publish(
-    amqp: &Nodes,
-    exchange: &str,
-    sample: &Sample,
-) -> Result<String, AmqpError> {
+pub async fn publish(amqp: &Nodes, exchange: &str, sample: &Sample) -> Result<String, AmqpError> {
     let event_id = sample
         .event_id
         .clone()

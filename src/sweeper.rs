@@ -76,12 +76,13 @@ enum SweepError {
 
 /// Publishes `webhook.disabled` for each disabling that was not confirmed a minute after it.
 async fn announce_disabled(pool: &Pool, publisher: &Publisher) -> Result<usize, SweepError> {
-    let missing = store::unannounced(pool, OVERDUE, BATCH).await?;
-    for disabled in &missing {
-        publish_disabled(publisher, disabled).await?;
-        store::announced(pool, disabled.id, disabled.at).await?;
-    }
-    Ok(missing.len())
+    store::announce_unannounced(pool, OVERDUE, BATCH, |missing| async move {
+        for disabled in &missing {
+            publish_disabled(publisher, disabled).await?;
+        }
+        Ok::<_, SweepError>(())
+    })
+    .await
 }
 
 /// One sweep: publishes a job for each overdue delivery, and lets the store commit only once the

@@ -33,8 +33,11 @@ pub async fn connect_any(
     for index in order {
         let url = nodes.get(index);
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url.expose(), properties))
-            .await
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(url.expose(), properties),
+        )
+        .await
         {
             Ok(Ok(connection)) => return Ok((connection, index)),
             Ok(Err(e)) => {

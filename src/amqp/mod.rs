@@ -98,6 +98,9 @@ pub struct Topology {
     pub prefix: String,
     pub events_exchange: String,
     pub status_exchange: String,
+    /// `x-quorum-initial-group-size` of every queue, when the operator sets one; without it
+    /// RabbitMQ places a replica on every node of the cluster.
+    pub quorum_group_size: Option<u32>,
 }
 
 impl Topology {
@@ -130,6 +133,19 @@ impl Topology {
         queues
     }
 
+    /// The arguments every queue starts from: a quorum queue, replicated over the cluster.
+    fn quorum(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text("quorum"));
+        if let Some(size) = self.quorum_group_size {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongInt(i32::try_from(size).unwrap_or(i32::MAX)),
+            );
+        }
+        args
+    }
+
     /// Declares exchanges, queues and bindings; idempotent, so every replica does it at start.
     pub async fn declare(&self, channel: &Channel) -> Result<(), AmqpError> {
         let durable = ExchangeDeclareOptions {
@@ -148,13 +164,13 @@ impl Topology {
         }
 
         // The dead-letter queues hold what could not be processed, for a human to look at.
-        declare_queue(channel, &self.events_dead_queue(), quorum()).await?;
-        declare_queue(channel, &self.deliveries_dead_queue(), quorum()).await?;
+        declare_queue(channel, &self.events_dead_queue(), self.quorum()).await?;
+        declare_queue(channel, &self.deliveries_dead_queue(), self.quorum()).await?;
 
         // Exactly the arguments of contract section 1, so operators can declare it ahead of us.
         // Rejected messages go to the default exchange, routed to `<prefix>.events.dead`; the
         // delivery limit stops a message that crashes its consumer from looping forever.
-        let mut events = quorum();
+        let mut events = self.quorum();
         events.insert("x-dead-letter-exchange".into(), text(""));
         events.insert(
             "x-dead-letter-routing-key".into(),
@@ -173,7 +189,7 @@ impl Topology {
             .await?;
 
         // Delivery jobs, with the same poison-message protection as events.
-        let mut deliveries = quorum();
+        let mut deliveries = self.quorum();
         deliveries.insert("x-dead-letter-exchange".into(), text(""));
         deliveries.insert(
             "x-dead-letter-routing-key".into(),
@@ -186,7 +202,7 @@ impl Topology {
         // expires into the delivery queue. At-least-once dead-lettering (which needs
         // reject-publish overflow) keeps an expiring retry from being lost in a broker crash.
         for step in DELAY_STEPS {
-            let mut delay = quorum();
+            let mut delay = self.quorum();
             delay.insert(
                 "x-message-ttl".into(),
                 AMQPValue::LongLongInt(step.as_millis() as i64),
@@ -206,12 +222,6 @@ impl Topology {
 
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
-}
-
-fn quorum() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), text("quorum"));
-    args
 }
 
 async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), AmqpError> {

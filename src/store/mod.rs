@@ -23,8 +23,8 @@ pub use deliveries::{
 };
 pub use migrate::migrate;
 pub use webhooks::{
-    Disabled, Limits, Rule, SECRET_COLUMNS, Secrets, Unusable, Webhook, WebhookCache, announced,
-    disable, unannounced,
+    Disabled, Limits, Rule, SECRET_COLUMNS, Secrets, Unusable, Webhook, WebhookCache,
+    announce_unannounced, announced, disable,
 };
 
 use crate::backoff::Waits;

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -423,27 +424,44 @@ pub async fn announced(pool: &Pool, id: i64, at: DateTime<Utc>) -> Result<(), St
 }
 
 /// Webhooks tagcast disabled longer ago than `after`, still disabled, whose `webhook.disabled`
-/// event was never confirmed: at most `limit`, oldest first.
-pub async fn unannounced(
+/// event was never confirmed (at most `limit`, oldest first): marks them announced and hands
+/// them to `announce`, committing only if it succeeds. The rows stay locked meanwhile, and
+/// other replicas skip them, so each is announced by one replica.
+pub async fn announce_unannounced<F, Fut, E>(
     pool: &Pool,
     after: Duration,
     limit: i64,
-) -> Result<Vec<Disabled>, StoreError> {
-    let client = pool.get().await?;
-    let statement = client
-        .prepare_cached(
-            "SELECT id, name, namespace, repository, disabled_reason, disabled_at FROM webhooks
-              WHERE disabled_reason IS NOT NULL AND NOT disabled_announced AND NOT enabled
-                AND disabled_at < now() - make_interval(secs => $1)
-              ORDER BY disabled_at LIMIT $2",
-        )
-        .await?;
-    client
-        .query(&statement, &[&after.as_secs_f64(), &limit])
-        .await?
+    announce: F,
+) -> Result<usize, E>
+where
+    F: FnOnce(Vec<Disabled>) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: From<StoreError>,
+{
+    const SQL: &str = "UPDATE webhooks SET disabled_announced = true
+          WHERE id IN (
+                SELECT id FROM webhooks
+                 WHERE disabled_reason IS NOT NULL AND NOT disabled_announced AND NOT enabled
+                   AND disabled_at < now() - make_interval(secs => $1)
+                 ORDER BY disabled_at LIMIT $2
+                   FOR UPDATE SKIP LOCKED)
+          RETURNING id, name, namespace, repository, disabled_reason, disabled_at";
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let found = tx
+        .query(SQL, &[&after.as_secs_f64(), &limit])
+        .await
+        .map_err(StoreError::from)?
         .iter()
         .map(Disabled::from_row)
-        .collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let n = found.len();
+    if n == 0 {
+        return Ok(0);
+    }
+    announce(found).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(n)
 }
 
 #[cfg(test)]

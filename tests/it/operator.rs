@@ -436,6 +436,7 @@ async fn topology_delete_removes_a_prefix_only_when_unused_and_confirmed() {
         prefix: prefix.clone(),
         events_exchange: app.settings.events_exchange.clone(),
         status_exchange: app.settings.status_exchange.clone(),
+        quorum_group_size: None,
     };
     for queue in topology.queues() {
         assert!(!queue_exists(&queue).await, "{queue} is still there");

@@ -127,6 +127,7 @@ pub async fn remove_environment(
         prefix: prefix.to_owned(),
         events_exchange: exchanges[0].clone(),
         status_exchange: exchanges[1].clone(),
+        quorum_group_size: None,
     };
     if let Ok(amqp) = Connection::connect(AMQP, ConnectionProperties::default()).await {
         if let Ok(channel) = amqp.create_channel().await {

@@ -234,7 +234,6 @@ pub async fn ready_on(port: u16, timeout: Duration) -> bool {
 }
 
 impl Env {
-
     /// The queue a consumer of status events would have: durable, quorum, bound to every
     /// status. Nobody reads it; `destroy` deletes it. Without it the broker drops each status
     /// event as unroutable, which costs it less than storing it as production would.
@@ -774,6 +773,7 @@ async fn diagnose(env: &Env) {
             prefix: env.prefix.clone(),
             events_exchange: env.events_exchange(),
             status_exchange: env.status_exchange(),
+            quorum_group_size: None,
         };
         for q in topology.queues() {
             let passive = QueueDeclareOptions {
