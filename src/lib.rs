@@ -5,7 +5,8 @@
 //! Dependencies point one way, each layer importing only those above it:
 //!
 //! - **Leaves**, pure or nearly: [`model`] (a delivery's status and record, its id),
-//!   [`redact`], [`nodes`] (the broker's node URLs and the failover order), [`backoff`], [`events`], [`trigger`], [`payload`], [`status`], [`retry`], [`guard`],
+//!   [`redact`], [`nodes`] (the broker's node URLs and the failover order), [`backoff`],
+//!   [`events`], [`trigger`], [`payload`], [`status`], [`retry`], [`guard`],
 //!   [`breaker`] and [`disabling`] (endpoint health's rules), [`gate`] (what each webhook is let
 //!   through: breaker, cap, inline attempts), [`metrics`], [`health`], [`sampled`] (rate-limited log lines), and [`config`] (the settings, read by `app` alone).
 //! - **I/O**: [`store`] (all SQL), [`amqp`] (topology, publisher, connection, acknowledgements,
