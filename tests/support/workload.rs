@@ -454,6 +454,15 @@ impl Worker {
     }
 }
 
+/// A run that panics must not leave its replicas running.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill9();
+        }
+    }
+}
+
 /// Agreement between what the receiver saw and the access records.
 #[derive(Debug)]
 pub struct Verdict {
