@@ -341,16 +341,7 @@ async fn chaos(urls: &[String], a: &Args, binary: &str) -> bool {
     let timeline = std::mem::replace(&mut *timeline.lock().unwrap(), Timeline(Vec::new()));
     // Let the records of the last deliveries commit before comparing.
     for _ in 0..100 {
-        let done: i64 = env
-            .client()
-            .await
-            .query_one(
-                "SELECT count(*) FROM deliveries WHERE status = 'succeeded'",
-                &[],
-            )
-            .await
-            .map_or(0, |r| r.get(0));
-        if done as usize >= expected {
+        if env.succeeded().await >= expected {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -16,7 +16,7 @@ use super::{AmqpError, Publisher, Topology};
 use crate::backoff::Waits;
 use crate::health::Flag;
 use crate::metrics::Metrics;
-use crate::nodes::{Failover, Nodes};
+use crate::nodes::Nodes;
 
 /// How long one node may take to accept a connection before the next is tried: a node whose
 /// host vanished would otherwise hold a replica for the operating system's TCP timeout.
@@ -140,7 +140,7 @@ impl Broker {
     {
         let backoff = || Waits::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut waits = backoff();
-        let mut failover: Failover = self.nodes.failover(&mut fastrand::Rng::new());
+        let mut failover = self.nodes.failover(&mut fastrand::Rng::new());
         let started = std::time::Instant::now();
         let mut connected_once = false;
         loop {

@@ -150,6 +150,21 @@ impl Env {
         None
     }
 
+    /// How many deliveries are recorded as succeeded; 0 while the database cannot be reached
+    /// (a chaos run restarts it).
+    pub async fn succeeded(&self) -> usize {
+        let Ok(client) = self.pg.get().await else {
+            return 0;
+        };
+        client
+            .query_one(
+                "SELECT count(*) FROM deliveries WHERE status = 'succeeded'",
+                &[],
+            )
+            .await
+            .map_or(0, |r| r.get::<_, i64>(0) as usize)
+    }
+
     /// A connection from the environment's pool.
     pub async fn client(&self) -> tagcast::store::Client {
         self.pg.get().await.expect("PostgreSQL is not running")
@@ -693,17 +708,8 @@ pub async fn run_chaos(plan: ChaosPlan, binary: &str) -> ChaosReport {
             last_progress.1 = Instant::now();
         }
         if received >= expected && faults.peek().is_none() {
-            let succeeded: i64 = match env.pg.get().await {
-                Ok(client) => client
-                    .query_one(
-                        "SELECT count(*) FROM deliveries WHERE status = 'succeeded'",
-                        &[],
-                    )
-                    .await
-                    .map_or(0, |r| r.get(0)),
-                Err(_) => 0,
-            };
-            if succeeded as usize >= expected {
+            let succeeded = env.succeeded().await;
+            if succeeded >= expected {
                 break;
             }
         }
