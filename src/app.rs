@@ -244,6 +244,7 @@ impl App {
         background.spawn(sweeper::run(
             self.pool.clone(),
             current,
+            s.record_retention,
             metrics.clone(),
             hard_stop.clone(),
         ));

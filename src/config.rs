@@ -216,6 +216,12 @@ pub struct Settings {
           default_value = "5d", value_parser = duration)]
     pub disable_after: Duration,
 
+    /// Access records and their attempts are kept this long after their event, then removed a
+    /// day's partition at a time (so up to a day later).
+    #[arg(long, global = true, env = "TAGCAST_RECORD_RETENTION", value_name = "TAGCAST_RECORD_RETENTION",
+          default_value = "30d", value_parser = retention)]
+    pub record_retention: Duration,
+
     /// Failed deliveries in that time, at least, for a failing webhook to be disabled.
     #[arg(long, global = true, env = "TAGCAST_DISABLE_MIN_FAILED", value_name = "TAGCAST_DISABLE_MIN_FAILED",
           default_value = "20", value_parser = clap::value_parser!(u32).range(1..))]
@@ -307,6 +313,16 @@ fn duration(text: &str) -> Result<Duration, String> {
     })
 }
 
+/// The retention of access records: a duration from an hour to a hundred years.
+fn retention(text: &str) -> Result<Duration, String> {
+    const YEARS_100: Duration = Duration::from_secs(100 * 365 * 86_400);
+    match duration(text)? {
+        d if d < Duration::from_secs(3600) => Err("keep records an hour at least".to_owned()),
+        d if d > YEARS_100 => Err("keep records a hundred years at most".to_owned()),
+        d => Ok(d),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +361,7 @@ mod tests {
         );
         assert!(!s.allow_private_targets);
         assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(s.record_retention, Duration::from_secs(30 * 86_400));
         assert_eq!(
             (s.disable_after, s.disable_min_failed),
             (Duration::from_secs(5 * 86_400), 20)
@@ -422,6 +439,30 @@ mod tests {
             err.to_string().contains("TAGCAST_RETRY_MAX_ATTEMPTS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_retention_is_an_hour_to_a_hundred_years() {
+        let cases = [
+            ("7d", Ok(7 * 86_400)),
+            ("1h", Ok(3600)),
+            ("59m", Err("an hour at least")),
+            ("101years", Err("a hundred years at most")),
+            ("a month", Err("like 500ms")),
+        ];
+        for (text, expected) in cases {
+            let parsed = Cli::try_parse_from(["tagcast", "run", "--record-retention", text]);
+            match (parsed, expected) {
+                (Ok(cli), Ok(secs)) => {
+                    assert_eq!(cli.settings.record_retention, Duration::from_secs(secs), "{text}")
+                }
+                (Err(e), Err(says)) => {
+                    let e = e.to_string();
+                    assert!(e.contains("TAGCAST_RECORD_RETENTION") && e.contains(says), "{text}: {e}");
+                }
+                (parsed, expected) => panic!("{text}: {:?}, expected {expected:?}", parsed.is_ok()),
+            }
+        }
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! seconds one replica looks for deliveries that should have moved and have not (their job was
 //! lost: a broker crash while it waited in a delay queue, say) and queues a job for each again.
 //! Attempts are claimed in the database, so a job that was not lost after all sends nothing twice.
-//! It also announces disabled webhooks whose `webhook.disabled` event was lost, and drops the
-//! rotated-out webhook secrets whose grace is over.
+//! It also announces disabled webhooks whose `webhook.disabled` event was lost, drops the
+//! rotated-out webhook secrets whose grace is over, and keeps the daily partitions of the access
+//! records: made ahead, dropped past the retention.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -22,20 +25,38 @@ const EVERY: Duration = Duration::from_secs(15);
 const OVERDUE: Duration = Duration::from_secs(60);
 /// Deliveries re-queued per sweep at most.
 const BATCH: i64 = 1000;
+/// How often the partitions are looked after: days ahead exist, so hours late is harmless.
+const PARTITIONS_EVERY: Duration = Duration::from_secs(600);
 
 /// Sweeps until cancelled. `publisher` holds the current broker publisher while connected.
 pub async fn run(
     pool: Pool,
     publisher: watch::Receiver<Option<Publisher>>,
+    retention: Duration,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut partitioned: Option<Instant> = None;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if partitioned.is_none_or(|at| at.elapsed() >= PARTITIONS_EVERY) {
+            match store::partitions::maintain(&pool, Utc::now(), Some(retention)).await {
+                Ok(done) => {
+                    partitioned = Some(Instant::now());
+                    if !done.created.is_empty() || !done.dropped.is_empty() || done.deleted > 0 {
+                        tracing::info!(created = ?done.created, dropped = ?done.dropped, deleted = done.deleted,
+                                       "access record partitions looked after");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look after the access record partitions; trying again later")
+                }
+            }
         }
         let Some(publisher) = publisher.borrow().clone() else {
             continue;

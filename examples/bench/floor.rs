@@ -215,7 +215,7 @@ pub(crate) async fn floor(n: usize, status_queue: bool) -> Floor {
                 };
                 EventDecisions {
                     decisions: vec![Decision {
-                        id: delivery_id(&event.event_id, webhook),
+                        id: delivery_id(&event.event_id, webhook, event.occurred_at.to_utc()),
                         webhook_id: webhook,
                         status: DeliveryStatus::Pending,
                         error: None,

@@ -480,7 +480,7 @@ pub async fn test(
         tag: TEST_TAG.to_owned(),
         digest: TEST_DIGEST.to_owned(),
     });
-    let delivery = delivery_id(&event_id, row.id);
+    let delivery = delivery_id(&event_id, row.id, now.to_utc());
     let report = state
         .client
         .send(
@@ -507,6 +507,7 @@ pub async fn test(
             digest: TEST_DIGEST,
             body: &body,
             status,
+            occurred_at: now.to_utc(),
             started_at: report.started_at,
             duration: report.duration,
             http_status,

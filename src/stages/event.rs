@@ -238,7 +238,7 @@ fn decide(ctx: &Context, webhook: &Webhook, event: &BuildEvent) -> Decision {
         }
     };
     Decision {
-        id: delivery_id(&event.event_id, webhook.id),
+        id: delivery_id(&event.event_id, webhook.id, event.occurred_at.to_utc()),
         webhook_id: webhook.id,
         status,
         error,

@@ -11,7 +11,7 @@ use tokio_postgres::types::{ToSql, Type};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Pool, SECRET_COLUMNS, Secrets, StoreError, millis};
+use super::{Pool, SECRET_COLUMNS, Secrets, StoreError, millis, span};
 use crate::model::{DeliveryStatus, utc_millis};
 
 /// A webhook row as the API shows it: its secret only as whether it has one.
@@ -358,6 +358,8 @@ pub struct TestRecord<'a> {
     pub digest: &'a str,
     pub body: &'a str,
     pub status: DeliveryStatus,
+    /// The made-up event's time, which its id carries.
+    pub occurred_at: DateTime<Utc>,
     pub started_at: DateTime<Utc>,
     pub duration: Duration,
     pub http_status: Option<i32>,
@@ -375,12 +377,12 @@ pub async fn record_test(pool: &Pool, test: &TestRecord<'_>) -> Result<(), Store
                 INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status,
                                         attempts, http_status, error, request_body, occurred_at, duration_ms,
                                         watched)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10, $11, $12, $13, false)
-                RETURNING id
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9, $10, $11, $16, $13, false)
+                RETURNING id, occurred_at
             )
             INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status, error,
-                                           error_detail, response_body)
-            SELECT id, 1, $12, $13, $9, $10, $14, $15 FROM d",
+                                           error_detail, response_body, occurred_at)
+            SELECT id, 1, $12, $13, $9, $10, $14, $15, occurred_at FROM d",
             &[
                 &test.id,
                 &test.event_id,
@@ -397,6 +399,7 @@ pub async fn record_test(pool: &Pool, test: &TestRecord<'_>) -> Result<(), Store
                 &duration_ms,
                 &test.error_detail,
                 &test.response_body,
+                &test.occurred_at,
             ],
         )
         .await?;
@@ -583,17 +586,18 @@ pub struct DeliveryDetail {
 pub async fn get_delivery(pool: &Pool, id: Uuid) -> Result<Option<DeliveryDetail>, StoreError> {
     let client = pool.get().await?;
     let sql = format!(
-        "SELECT {DELIVERY_COLUMNS}, d.request_body FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
-          WHERE d.id = $1"
+        "SELECT {DELIVERY_COLUMNS}, d.request_body, d.occurred_at FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+          WHERE d.id = $1 AND d.occurred_at >= $2 AND d.occurred_at < $3"
     );
-    let Some(row) = client.query_opt(&sql, &[&id]).await? else {
+    let (from, to) = span(id);
+    let Some(row) = client.query_opt(&sql, &[&id, &from, &to]).await? else {
         return Ok(None);
     };
     let attempts = client
         .query(
             "SELECT attempt, started_at, duration_ms, http_status, error, error_detail, response_body
-               FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
-            &[&id],
+               FROM delivery_attempts WHERE delivery_id = $1 AND occurred_at = $2 ORDER BY attempt",
+            &[&id, &row.try_get::<_, DateTime<Utc>>("occurred_at")?],
         )
         .await?
         .iter()
@@ -674,10 +678,12 @@ where
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let rows = match which {
         Reopen::One(id) => {
+            let (from, to) = span(id);
             let Some(current) = tx
                 .query_opt(
-                    "SELECT status, request_body IS NOT NULL AS sent FROM deliveries WHERE id = $1 FOR UPDATE",
-                    &[&id],
+                    "SELECT status, request_body IS NOT NULL AS sent, occurred_at FROM deliveries
+                      WHERE id = $1 AND occurred_at >= $2 AND occurred_at < $3 FOR UPDATE",
+                    &[&id, &from, &to],
                 )
                 .await
                 .map_err(StoreError::from)?
@@ -695,9 +701,11 @@ where
                 }
                 DeliveryStatus::Succeeded | DeliveryStatus::Failed => {}
             }
+            let occurred_at: DateTime<Utc> =
+                current.try_get("occurred_at").map_err(StoreError::from)?;
             tx.query(
-                &format!("{SET} WHERE id = $1 RETURNING id, attempts"),
-                &[&id],
+                &format!("{SET} WHERE id = $1 AND occurred_at = $2 RETURNING id, attempts"),
+                &[&id, &occurred_at],
             )
             .await
         }

@@ -11,7 +11,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::Type;
 use uuid::Uuid;
 
-use super::{Lease, Pool, StoreError, millis};
+use super::{Lease, Pool, StoreError, millis, span};
 use crate::disabling::Streak;
 use crate::events::BuildEvent;
 use crate::model::{DeliveryRecord, DeliveryStatus};
@@ -97,33 +97,43 @@ pub struct Recorded {
 /// Records the decisions of many events in one statement. For each event, in order: every
 /// delivery of it among those webhooks; rows that already existed (the event was delivered
 /// before) come back as they are, so the caller finishes their work. A webhook deleted
-/// meanwhile simply gets no row.
+/// meanwhile gets no row; so does a delivery that a copy of the event on another replica
+/// records at the same moment: that copy does its work.
 pub async fn record_decisions(
     pool: &Pool,
     lease: Lease,
     batch: Vec<EventDecisions>,
 ) -> Result<Vec<Vec<Recorded>>, StoreError> {
     const SQL: &str = concat!(
-        "WITH ins AS (
+        "WITH u AS (
+            SELECT u.* FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                   $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::bool[], $14::timestamptz[])
+                   AS u(id, event_id, webhook_id, namespace, repository, tag, digest, status, error, body, occurred_at, claim,
+                        hold)
+              JOIN webhooks w ON w.id = u.webhook_id
+        ), ins AS (
             INSERT INTO deliveries (id, event_id, webhook_id, namespace, repository, tag, digest, status,
                                     error, request_body, occurred_at, lease_until, watched, updated_at, next_attempt_at)
             SELECT u.id, u.event_id, u.webhook_id, u.namespace, u.repository, u.tag, u.digest, u.status, u.error,
                    CASE WHEN u.status = 'pending' THEN u.body END, u.occurred_at,
                    CASE WHEN u.claim THEN now() + make_interval(secs => $13) END,
                    u.status = 'pending' AND NOT u.claim, now(), u.hold
-              FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
-                          $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::bool[], $14::timestamptz[])
-                   AS u(id, event_id, webhook_id, namespace, repository, tag, digest, status, error, body, occurred_at, claim,
-                        hold)
-              JOIN webhooks w ON w.id = u.webhook_id
-            -- A row that exists already (the event came before) is returned as it is: the
-            -- update makes RETURNING include it, and xmax tells the two apart, in one pass. Its
-            -- work, if unfinished, goes to a job now, which the sweeper watches.
-            ON CONFLICT (event_id, webhook_id) DO UPDATE
-               SET watched = deliveries.status IN ", unfinished!(), "
-            RETURNING *, (xmax = 0) AS created
+              FROM u
+            ON CONFLICT (event_id, webhook_id, occurred_at) DO NOTHING
+            RETURNING *
+        ), old AS (
+            -- A row from before this statement (the event came before) is returned as it is; its
+            -- work, if unfinished, goes to a job now, which the sweeper watches. This sees only
+            -- rows committed before the statement began, so never one `ins` just wrote. (On a
+            -- partitioned table RETURNING cannot read xmax, which told the two apart in one pass.)
+            UPDATE deliveries d SET watched = d.status IN ", unfinished!(), "
+              FROM u
+             WHERE d.event_id = u.event_id AND d.webhook_id = u.webhook_id AND d.occurred_at = u.occurred_at
+            RETURNING d.*
         )
-        SELECT ", record_columns!(), ", d.created FROM ins d JOIN webhooks w ON w.id = d.webhook_id"
+        SELECT ", record_columns!(), ", true AS created FROM ins d JOIN webhooks w ON w.id = d.webhook_id
+        UNION ALL
+        SELECT ", record_columns!(), ", false FROM old d JOIN webhooks w ON w.id = d.webhook_id"
     );
     let rows = batch.iter().map(|e| e.decisions.len()).sum();
     let mut ids = Vec::with_capacity(rows);
@@ -287,7 +297,8 @@ pub async fn claim(pool: &Pool, id: Uuid, attempt: i32, lease: Lease) -> Result<
     const CLAIM: &str = concat!(
         "UPDATE deliveries d SET lease_until = now() + make_interval(secs => $3)
            FROM webhooks w
-          WHERE d.id = $1 AND w.id = d.webhook_id AND d.attempts = $2 - 1 AND w.enabled
+          WHERE d.id = $1 AND d.occurred_at >= $4 AND d.occurred_at < $5
+            AND w.id = d.webhook_id AND d.attempts = $2 - 1 AND w.enabled
             AND d.status IN ",
         unfinished!(),
         "
@@ -299,12 +310,14 @@ pub async fn claim(pool: &Pool, id: Uuid, attempt: i32, lease: Lease) -> Result<
     const CURRENT: &str = concat!(
         "SELECT ",
         record_columns!(),
-        ", d.lease_until, coalesce(d.lease_until >= now(), false) AS leased, w.enabled FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id WHERE d.id = $1"
+        ", d.lease_until, coalesce(d.lease_until >= now(), false) AS leased, w.enabled FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+          WHERE d.id = $1 AND d.occurred_at >= $2 AND d.occurred_at < $3"
     );
+    let (from, to) = span(id);
     let client = pool.get().await?;
     let statement = client.prepare_cached(CLAIM).await?;
     if let Some(row) = client
-        .query_opt(&statement, &[&id, &attempt, &lease.seconds()])
+        .query_opt(&statement, &[&id, &attempt, &lease.seconds(), &from, &to])
         .await?
     {
         return Ok(Claim::Claimed(Box::new(ClaimedDelivery {
@@ -315,7 +328,7 @@ pub async fn claim(pool: &Pool, id: Uuid, attempt: i32, lease: Lease) -> Result<
         })));
     }
     let statement = client.prepare_cached(CURRENT).await?;
-    let Some(row) = client.query_opt(&statement, &[&id]).await? else {
+    let Some(row) = client.query_opt(&statement, &[&id, &from, &to]).await? else {
         return Ok(Claim::Gone);
     };
     let current = record(&row)?;
@@ -346,7 +359,7 @@ pub async fn end_disabled(
         "WITH d AS (
             UPDATE deliveries SET status = 'failed', error = 'webhook_disabled', next_attempt_at = NULL,
                    lease_until = NULL, watched = false, updated_at = now()
-             WHERE id = $1 AND attempts = $2 - 1 AND status IN ",
+             WHERE id = $1 AND occurred_at >= $3 AND occurred_at < $4 AND attempts = $2 - 1 AND status IN ",
         unfinished!(),
         " AND (lease_until IS NULL OR lease_until < now())
             RETURNING *
@@ -357,8 +370,9 @@ pub async fn end_disabled(
     );
     let client = pool.get().await?;
     let statement = client.prepare_cached(SQL).await?;
+    let (from, to) = span(id);
     client
-        .query_opt(&statement, &[&id, &attempt])
+        .query_opt(&statement, &[&id, &attempt, &from, &to])
         .await?
         .map(|row| record(&row))
         .transpose()
@@ -373,16 +387,17 @@ pub async fn postpone(
     attempt: i32,
     next_attempt_at: Option<DateTime<Utc>>,
 ) -> Result<(), StoreError> {
+    let (from, to) = span(id);
     const SQL: &str = concat!(
         "UPDATE deliveries SET next_attempt_at = coalesce($3, next_attempt_at), updated_at = now()
-          WHERE id = $1 AND attempts = $2 - 1 AND status IN ",
+          WHERE id = $1 AND occurred_at >= $4 AND occurred_at < $5 AND attempts = $2 - 1 AND status IN ",
         unfinished!(),
         " AND (lease_until IS NULL OR lease_until < now())"
     );
     let client = pool.get().await?;
     let statement = client.prepare_cached(SQL).await?;
     client
-        .execute(&statement, &[&id, &attempt, &next_attempt_at])
+        .execute(&statement, &[&id, &attempt, &next_attempt_at, &from, &to])
         .await?;
     Ok(())
 }
@@ -394,10 +409,11 @@ pub async fn release(pool: &Pool, id: Uuid) -> Result<(), StoreError> {
     let statement = client
         .prepare_cached(
             "UPDATE deliveries SET lease_until = NULL, watched = true, updated_at = now()
-              WHERE id = $1 AND attempts = 0 AND status = 'pending'",
+              WHERE id = $1 AND occurred_at >= $2 AND occurred_at < $3 AND attempts = 0 AND status = 'pending'",
         )
         .await?;
-    client.execute(&statement, &[&id]).await?;
+    let (from, to) = span(id);
+    client.execute(&statement, &[&id, &from, &to]).await?;
     Ok(())
 }
 
@@ -405,10 +421,13 @@ pub async fn release(pool: &Pool, id: Uuid) -> Result<(), StoreError> {
 pub async fn webhook_of(pool: &Pool, id: Uuid) -> Result<Option<i64>, StoreError> {
     let client = pool.get().await?;
     let statement = client
-        .prepare_cached("SELECT webhook_id FROM deliveries WHERE id = $1")
+        .prepare_cached(
+            "SELECT webhook_id FROM deliveries WHERE id = $1 AND occurred_at >= $2 AND occurred_at < $3",
+        )
         .await?;
+    let (from, to) = span(id);
     Ok(client
-        .query_opt(&statement, &[&id])
+        .query_opt(&statement, &[&id, &from, &to])
         .await?
         .map(|row| row.try_get(0))
         .transpose()?)
@@ -432,21 +451,23 @@ pub async fn record_attempts(
     const SQL: &str = concat!(
         "WITH u AS (
             SELECT * FROM unnest($1::uuid[], $2::int[], $3::timestamptz[], $4::int[], $5::int[], $6::text[],
-                                 $7::text[], $8::text[], $9::timestamptz[], $10::text[])
+                                 $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::timestamptz[],
+                                 $12::timestamptz[])
                 AS u(delivery_id, attempt, started_at, duration_ms, http_status, error, response_body, status, next_attempt_at,
-                     error_detail)
+                     error_detail, since, until)
         ), d AS (
             UPDATE deliveries SET status = u.status, attempts = u.attempt, http_status = u.http_status, error = u.error,
                    duration_ms = u.duration_ms, next_attempt_at = u.next_attempt_at, lease_until = NULL,
                    watched = u.status IN ", unfinished!(), ", updated_at = now()
               FROM u
              WHERE deliveries.id = u.delivery_id AND deliveries.attempts = u.attempt - 1
-            RETURNING deliveries.id, deliveries.webhook_id, deliveries.status
+               AND deliveries.occurred_at >= u.since AND deliveries.occurred_at < u.until
+            RETURNING deliveries.id, deliveries.webhook_id, deliveries.status, deliveries.occurred_at
         ), a AS (
             INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status, error, error_detail,
-                                           response_body)
+                                           response_body, occurred_at)
             SELECT u.delivery_id, u.attempt, u.started_at, u.duration_ms, u.http_status, u.error, u.error_detail,
-                   u.response_body
+                   u.response_body, d.occurred_at
               FROM u JOIN d ON d.id = u.delivery_id
             ON CONFLICT DO NOTHING
             RETURNING delivery_id
@@ -487,6 +508,7 @@ pub async fn record_attempts(
         .iter()
         .map(|(_, a)| a.error_detail.as_deref())
         .collect();
+    let (since, until): (Vec<_>, Vec<_>) = ids.iter().map(|id| span(*id)).unzip();
     let client = pool.get().await?;
     // Typed and unnamed, as in record_decisions.
     let rows = client
@@ -503,6 +525,8 @@ pub async fn record_attempts(
                 (&statuses, Type::TEXT_ARRAY),
                 (&next, Type::TIMESTAMPTZ_ARRAY),
                 (&details, Type::TEXT_ARRAY),
+                (&since, Type::TIMESTAMPTZ_ARRAY),
+                (&until, Type::TIMESTAMPTZ_ARRAY),
             ],
         )
         .await?;
@@ -540,8 +564,8 @@ where
 {
     const SQL: &str = concat!(
         "UPDATE deliveries SET updated_at = now()
-          WHERE id IN (
-                SELECT id FROM deliveries
+          WHERE (id, occurred_at) IN (
+                SELECT id, occurred_at FROM deliveries
                  WHERE watched AND status IN ",
         unfinished!(),
         "

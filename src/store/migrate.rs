@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "endpoint health",
         include_str!("../../sql/20261203000002_endpoint_health.sql"),
     ),
+    (
+        20261203000003,
+        "partitioned records",
+        include_str!("../../sql/20261203000003_partitioned_records.sql"),
+    ),
 ];
 
 /// Any 64-bit key will do, as long as nothing else locks it: "tagcast" in ASCII.
@@ -64,6 +69,9 @@ pub async fn migrate(pool: &Pool) -> Result<(), StoreError> {
         .await;
     applied?;
     unlocked?;
+    // The days ahead get their partitions now, before anything is recorded; the retention is
+    // applied by the sweeper.
+    super::partitions::maintain(pool, chrono::Utc::now(), None).await?;
     Ok(())
 }
 

@@ -6,12 +6,14 @@ pub mod admin;
 mod batch;
 pub mod deliveries;
 mod migrate;
+pub mod partitions;
 pub mod tokens;
 mod webhooks;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
@@ -284,6 +286,20 @@ impl Lease {
 
     fn seconds(self) -> f64 {
         self.0.as_secs_f64()
+    }
+}
+
+/// The event times a delivery's rows can have, for a lookup by id, so that only the partition of
+/// that day is read (contract section 15): the millisecond its id carries, or all time for an id
+/// made before ids carried the time.
+pub(crate) fn span(id: Uuid) -> (DateTime<Utc>, DateTime<Utc>) {
+    match crate::model::delivery_time(id) {
+        Some(at) => (at, at + chrono::Duration::milliseconds(1)),
+        // Beyond any time an event can carry (RFC 3339 has four-digit years), within PostgreSQL's.
+        None => (
+            DateTime::from_timestamp(-200_000_000_000, 0).unwrap_or_default(),
+            DateTime::from_timestamp(600_000_000_000, 0).unwrap_or_default(),
+        ),
     }
 }
 
