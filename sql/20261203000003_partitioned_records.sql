@@ -27,14 +27,16 @@ ALTER INDEX delivery_attempts_pkey RENAME TO delivery_attempts_legacy_pkey;
 CREATE TABLE deliveries (
     id              uuid        NOT NULL,
     event_id        text        NOT NULL,
-    webhook_id      bigint      NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    webhook_id      bigint      NOT NULL
+                                CONSTRAINT deliveries_webhook_id_fkey REFERENCES webhooks (id) ON DELETE CASCADE,
     namespace       text        NOT NULL,
     repository      text        NOT NULL,
     tag             text        NOT NULL,
     digest          text        NOT NULL,
-    status          text        NOT NULL
+    -- Named as the old table's are: an attached partition must have the same checks by name.
+    status          text        NOT NULL CONSTRAINT deliveries_status_check
                                 CHECK (status IN ('not_triggered', 'pending', 'retrying', 'succeeded', 'failed')),
-    attempts        integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    attempts        integer     NOT NULL DEFAULT 0 CONSTRAINT deliveries_attempts_check CHECK (attempts >= 0),
     http_status     integer,
     error           text,
     request_body    text,
@@ -56,7 +58,7 @@ CREATE INDEX deliveries_repository_newest ON deliveries (namespace, repository, 
 
 CREATE TABLE delivery_attempts (
     delivery_id   uuid        NOT NULL,
-    attempt       integer     NOT NULL CHECK (attempt >= 1),
+    attempt       integer     NOT NULL CONSTRAINT delivery_attempts_attempt_check CHECK (attempt >= 1),
     started_at    timestamptz NOT NULL,
     duration_ms   integer     NOT NULL,
     http_status   integer,
@@ -89,12 +91,12 @@ BEGIN
     SELECT (date_trunc('day', greatest(now(), max(occurred_at)) AT TIME ZONE 'UTC') + interval '1 day')
            AT TIME ZONE 'UTC'
       INTO bound FROM deliveries_legacy;
-    EXECUTE format('ALTER TABLE deliveries ATTACH PARTITION deliveries_legacy FOR VALUES FROM (MINVALUE) TO (%L)', bound);
-    EXECUTE format('ALTER TABLE delivery_attempts ATTACH PARTITION delivery_attempts_legacy FOR VALUES FROM (MINVALUE) TO (%L)', bound);
-    -- The attach built the new keys beside the old ones, which nothing needs any more.
+    -- The old keys make way for the partitioned tables' own, which the attach builds.
     ALTER TABLE deliveries_legacy DROP CONSTRAINT deliveries_legacy_event_webhook;
     ALTER TABLE deliveries_legacy DROP CONSTRAINT deliveries_legacy_id;
     ALTER TABLE delivery_attempts_legacy DROP CONSTRAINT delivery_attempts_legacy_pkey;
+    EXECUTE format('ALTER TABLE deliveries ATTACH PARTITION deliveries_legacy FOR VALUES FROM (MINVALUE) TO (%L)', bound);
+    EXECUTE format('ALTER TABLE delivery_attempts ATTACH PARTITION delivery_attempts_legacy FOR VALUES FROM (MINVALUE) TO (%L)', bound);
 END
 $$;
 

@@ -67,6 +67,7 @@ pub async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await;
+    drop(client);
     applied?;
     unlocked?;
     // The days ahead get their partitions now, before anything is recorded; the retention is

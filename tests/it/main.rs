@@ -15,5 +15,6 @@ mod faults;
 mod observability;
 mod operator;
 mod pipeline;
+mod records;
 mod retries;
 mod security;
