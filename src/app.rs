@@ -181,7 +181,7 @@ impl App {
         let stop = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let health = Health::default();
-        let cache = WebhookCache::new(self.pool.clone());
+        let cache = WebhookCache::new(self.pool.clone(), s.webhook_cache_size, self.metrics.clone());
         let lease = stages::lease(s.http_connect_timeout, s.http_timeout);
         let ctx = Arc::new(Context {
             pool: self.pool.clone(),
@@ -221,7 +221,7 @@ impl App {
             health.clone(),
             hard_stop.clone(),
         ));
-        background.spawn(cache.listen(metrics.clone(), hard_stop.clone()));
+        background.spawn(cache.listen(hard_stop.clone()));
         background.spawn(probe::run(
             self.pool.clone(),
             health.clone(),

@@ -222,6 +222,12 @@ pub struct Settings {
           default_value = "30d", value_parser = retention)]
     pub record_retention: Duration,
 
+    /// Webhooks kept in the configuration cache at most, each cached repository counting one
+    /// more; beyond it the least used repositories are dropped.
+    #[arg(long, global = true, env = "TAGCAST_WEBHOOK_CACHE_SIZE", value_name = "TAGCAST_WEBHOOK_CACHE_SIZE",
+          default_value = "200000", value_parser = clap::value_parser!(u64).range(2..))]
+    pub webhook_cache_size: u64,
+
     /// Failed deliveries in that time, at least, for a failing webhook to be disabled.
     #[arg(long, global = true, env = "TAGCAST_DISABLE_MIN_FAILED", value_name = "TAGCAST_DISABLE_MIN_FAILED",
           default_value = "20", value_parser = clap::value_parser!(u32).range(1..))]
@@ -362,6 +368,7 @@ mod tests {
         assert!(!s.allow_private_targets);
         assert_eq!(s.shutdown_grace, Duration::from_secs(30));
         assert_eq!(s.record_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(s.webhook_cache_size, 200_000);
         assert_eq!(
             (s.disable_after, s.disable_min_failed),
             (Duration::from_secs(5 * 86_400), 20)

@@ -101,6 +101,28 @@ const END_TO_END_BUCKETS: &[f64] = &[
     3600.0, 14_400.0,
 ];
 
+/// How much of the webhook cache a change dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidated {
+    /// One repository's webhooks (the notification named it).
+    Repository,
+    /// Everything: the listener reconnected (changes may have gone unseen), or a TRUNCATE.
+    All,
+}
+
+impl Invalidated {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Invalidated::Repository => "repository",
+            Invalidated::All => "all",
+        }
+    }
+}
+
+fn lookup(hit: bool) -> &'static str {
+    if hit { "hit" } else { "miss" }
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -116,7 +138,10 @@ pub struct Metrics {
     redelivered: IntCounterVec,
     first_attempts: IntCounterVec,
     pub broker_connections: IntCounter,
-    pub webhook_cache_reloads: IntCounter,
+    cache_invalidations: IntCounterVec,
+    cache_lookups: IntCounterVec,
+    pub cache_repositories: IntGauge,
+    pub cache_webhooks: IntGauge,
     pub database_retries: IntCounter,
     pub status_publish_failures: IntCounter,
     pub swept: IntCounter,
@@ -202,10 +227,27 @@ impl Metrics {
                 "tagcast_broker_connections_total",
                 "Connections opened to RabbitMQ (more than one means reconnections).",
             ),
-            webhook_cache_reloads: counter(
+            cache_invalidations: counter_vec(
                 r,
                 "tagcast_webhook_cache_invalidations_total",
-                "Times the webhook configuration cache was dropped after a change.",
+                "Webhook configuration dropped from the cache after a change: one repository's, or all of it (on reconnecting, or a TRUNCATE).",
+                &["scope"],
+            ),
+            cache_lookups: counter_vec(
+                r,
+                "tagcast_webhook_cache_lookups_total",
+                "A repository's webhooks looked up for an event: found in the cache, or loaded (hit ratio: hit / all).",
+                &["result"],
+            ),
+            cache_repositories: gauge(
+                r,
+                "tagcast_webhook_cache_repositories",
+                "Repositories whose webhooks are cached.",
+            ),
+            cache_webhooks: gauge(
+                r,
+                "tagcast_webhook_cache_webhooks",
+                "Webhooks cached, with one for each cached repository (the weight TAGCAST_WEBHOOK_CACHE_SIZE bounds).",
             ),
             database_retries: counter(
                 r,
@@ -297,7 +339,26 @@ impl Metrics {
         for why in [Deferred::Breaker, Deferred::MaxInFlight] {
             metrics.deferred.with_label_values(&[why.as_str()]);
         }
+        for scope in [Invalidated::Repository, Invalidated::All] {
+            metrics
+                .cache_invalidations
+                .with_label_values(&[scope.as_str()]);
+        }
+        for hit in [true, false] {
+            metrics.cache_lookups.with_label_values(&[lookup(hit)]);
+        }
         metrics
+    }
+
+    pub fn cache_invalidated(&self, scope: Invalidated) {
+        self.cache_invalidations
+            .with_label_values(&[scope.as_str()])
+            .inc();
+    }
+
+    /// A repository's webhooks were found in the cache (`hit`), or had to be loaded.
+    pub fn cache_lookup(&self, hit: bool) {
+        self.cache_lookups.with_label_values(&[lookup(hit)]).inc();
     }
 
     pub fn event(&self, result: EventResult) {

@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "partitioned records",
         include_str!("../../sql/20261203000003_partitioned_records.sql"),
     ),
+    (
+        20261203000004,
+        "repository notifications",
+        include_str!("../../sql/20261203000004_repository_notifications.sql"),
+    ),
 ];
 
 /// Any 64-bit key will do, as long as nothing else locks it: "tagcast" in ASCII.

@@ -1,11 +1,11 @@
-//! Webhook rows and the cache that spares each event a query: it is dropped on every change
-//! (LISTEN/NOTIFY) and bypassed whenever the listener is not connected, so it is never stale.
+//! Webhook rows and the cache that spares each event a query: bounded, told of each change
+//! with its repository (LISTEN/NOTIFY), which alone it drops, and bypassed whenever the
+//! listener is not connected, so it is never stale.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,21 +13,16 @@ use futures_util::StreamExt as _;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use super::{Pool, StoreError};
+use super::{Batcher, Pool, StoreError};
 use crate::backoff::Waits;
 use crate::disabling::Reason;
-use crate::metrics::Metrics;
+use crate::metrics::{Invalidated, Metrics};
 use crate::payload::{self, SignatureError};
 use crate::redact::redact_url;
 use crate::trigger::{Trigger, TriggerError};
 
 /// Channel the `webhooks_changed` trigger notifies (see `sql/`).
 const CHANNEL: &str = "tagcast_webhooks";
-/// Beyond this many cached repositories the cache starts again empty: memory stays bounded
-/// however many repositories events name.
-const MAX_CACHED_REPOSITORIES: usize = 100_000;
-/// The same for webhooks looked up by id.
-const MAX_CACHED_WEBHOOKS: usize = 1_000_000;
 
 /// An enabled webhook, with its rule compiled once when the row is loaded.
 pub struct Webhook {
@@ -136,23 +131,70 @@ impl std::fmt::Debug for Webhook {
 }
 
 type Key = (String, String);
+type Hooks = Arc<[Arc<Webhook>]>;
 
-/// The enabled webhooks per repository. Cheap to clone.
+/// A repository's entry weighs one, and one more for each of its webhooks: the cache's bound is
+/// about webhooks held, however they spread over repositories.
+#[derive(Clone)]
+struct ByWebhooks;
+
+impl quick_cache::Weighter<Key, Hooks> for ByWebhooks {
+    fn weight(&self, _key: &Key, hooks: &Hooks) -> u64 {
+        1 + hooks.len() as u64
+    }
+}
+
+/// Repositories loaded in one query at most.
+const MAX_LOAD_BATCH: usize = 256;
+
+/// The enabled webhooks per repository, in a bounded cache (an S3-FIFO, `quick_cache`): a
+/// change drops only its repository, and misses queued up together are loaded in one query.
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct WebhookCache {
     pool: Pool,
+    metrics: Metrics,
+    loader: Batcher<Key, Hooks>,
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    // A std lock: held only to look up or swap an Arc, never across an await.
-    map: RwLock<HashMap<Key, Arc<[Arc<Webhook>]>>>,
-    /// By id, for jobs; `None` for a webhook that does not exist. Dropped with `map`.
-    limits: RwLock<HashMap<i64, Option<Limits>>>,
+    repositories: quick_cache::sync::Cache<Key, Hooks, ByWebhooks>,
+    /// By id, for jobs; `None` for a webhook that does not exist.
+    limits: quick_cache::sync::Cache<i64, Option<Limits>>,
     /// Bumped on every invalidation, so a load that raced a change is not cached.
     generation: AtomicU64,
     /// True only while the listener is connected: otherwise changes could go unseen.
     listening: AtomicBool,
+}
+
+/// What a notification on [`CHANNEL`] says changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// One webhook, of this repository.
+    Webhook { id: i64, namespace: String, repository: String },
+    /// Anything: drop it all.
+    All,
+}
+
+impl Change {
+    /// The notification's payload, as `sql/` writes it; anything else counts as everything.
+    pub fn parse(payload: &str) -> Change {
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            id: i64,
+            namespace: String,
+            repository: String,
+        }
+        match serde_json::from_str::<Wire>(payload) {
+            Ok(w) => Change::Webhook {
+                id: w.id,
+                namespace: w.namespace,
+                repository: w.repository,
+            },
+            Err(_) => Change::All,
+        }
+    }
 }
 
 impl Webhook {
@@ -194,56 +236,54 @@ fn cap(column: Option<i32>) -> Option<u32> {
 }
 
 impl WebhookCache {
-    pub fn new(pool: Pool) -> WebhookCache {
+    /// A cache holding about `capacity` webhooks (see [`ByWebhooks`]).
+    pub fn new(pool: Pool, capacity: u64, metrics: Metrics) -> WebhookCache {
+        let loader = {
+            let pool = pool.clone();
+            Batcher::spawn(MAX_LOAD_BATCH, move |keys| {
+                let pool = pool.clone();
+                async move { load(&pool, keys).await }
+            })
+        };
+        let estimated = usize::try_from(capacity / 2).unwrap_or(usize::MAX).max(16);
         WebhookCache {
             pool,
+            metrics,
+            loader,
             inner: Arc::new(Inner {
-                map: RwLock::default(),
-                limits: RwLock::default(),
+                repositories: quick_cache::sync::Cache::with_weighter(estimated, capacity.max(2), ByWebhooks),
+                limits: quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX).max(16)),
                 generation: AtomicU64::new(0),
                 listening: AtomicBool::new(false),
             }),
         }
     }
 
-    /// The enabled webhooks of a repository, from the cache when it can be trusted.
-    pub async fn get(
-        &self,
-        namespace: &str,
-        repository: &str,
-    ) -> Result<Arc<[Arc<Webhook>]>, StoreError> {
+    /// The enabled webhooks of a repository, from the cache when it can be trusted. Lookups of
+    /// one repository at once wait for a single load.
+    pub async fn get(&self, namespace: &str, repository: &str) -> Result<Hooks, StoreError> {
         let key = (namespace.to_owned(), repository.to_owned());
-        let listening = self.inner.listening.load(Ordering::Acquire);
-        if listening && let Some(hit) = self.read().get(&key) {
-            return Ok(hit.clone());
+        if !self.inner.listening.load(Ordering::Acquire) {
+            self.metrics.cache_lookup(false);
+            return self.loader.submit(key).await;
         }
-        let generation = self.inner.generation.load(Ordering::Acquire);
-        let client = self.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                &format!(
-                    "SELECT w.id, w.name, w.url, {SECRET_COLUMNS}, w.trigger_type, w.trigger_expression,
-                            w.trigger_tags, w.max_in_flight
-                       FROM webhooks w WHERE w.namespace = $1 AND w.repository = $2 AND w.enabled ORDER BY w.id"
-                ),
-            )
-            .await?;
-        let rows = client.query(&statement, &[&namespace, &repository]).await?;
-        drop(client);
-        let webhooks: Arc<[Arc<Webhook>]> = rows
-            .iter()
-            .map(|r| Webhook::from_row(r).map(Arc::new))
-            .collect::<Result<_, _>>()?;
-        if listening {
-            let mut map = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
-            // Checked under the write lock: an invalidation either happened before (skip) or
-            // will clear this entry after.
-            if self.inner.generation.load(Ordering::Acquire) == generation {
-                if map.len() >= MAX_CACHED_REPOSITORIES {
-                    map.clear();
-                }
-                map.insert(key, webhooks.clone());
+        let guard = match self.inner.repositories.get_value_or_guard_async(&key).await {
+            Ok(hit) => {
+                self.metrics.cache_lookup(true);
+                return Ok(hit);
             }
+            Err(guard) => guard,
+        };
+        self.metrics.cache_lookup(false);
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let webhooks = self.loader.submit(key).await?;
+        // A change seen while loading may have come after the read: not cached (the guard
+        // dropped lets a waiting lookup load again).
+        if self.inner.generation.load(Ordering::Acquire) == generation
+            && self.inner.listening.load(Ordering::Acquire)
+        {
+            let _ = guard.insert(webhooks.clone());
+            self.gauges();
         }
         Ok(webhooks)
     }
@@ -252,11 +292,8 @@ impl WebhookCache {
     /// from the cache when it can be trusted.
     pub async fn limits(&self, id: i64) -> Result<Option<Limits>, StoreError> {
         let listening = self.inner.listening.load(Ordering::Acquire);
-        if listening {
-            let limits = self.inner.limits.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(hit) = limits.get(&id) {
-                return Ok(*hit);
-            }
+        if listening && let Some(hit) = self.inner.limits.get(&id) {
+            return Ok(hit);
         }
         let generation = self.inner.generation.load(Ordering::Acquire);
         let client = self.pool.get().await?;
@@ -271,37 +308,48 @@ impl WebhookCache {
             None => None,
         };
         drop(client);
-        if listening {
-            let mut limits = self.inner.limits.write().unwrap_or_else(|p| p.into_inner());
-            // As in `get`: checked under the write lock.
-            if self.inner.generation.load(Ordering::Acquire) == generation {
-                if limits.len() >= MAX_CACHED_WEBHOOKS {
-                    limits.clear();
-                }
-                limits.insert(id, found);
-            }
+        if listening && self.inner.generation.load(Ordering::Acquire) == generation {
+            self.inner.limits.insert(id, found);
         }
         Ok(found)
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, Arc<[Arc<Webhook>]>>> {
-        // A panic while holding the lock cannot leave the map half-written (insert and clear
-        // are single calls), so a poisoned lock is still sound to use.
-        self.inner.map.read().unwrap_or_else(|p| p.into_inner())
+    fn invalidate(&self, change: &Change) {
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        match change {
+            Change::Webhook {
+                id,
+                namespace,
+                repository,
+            } => {
+                self.inner
+                    .repositories
+                    .remove(&(namespace.clone(), repository.clone()));
+                self.inner.limits.remove(id);
+                self.metrics.cache_invalidated(Invalidated::Repository);
+            }
+            Change::All => {
+                self.inner.repositories.clear();
+                self.inner.limits.clear();
+                self.metrics.cache_invalidated(Invalidated::All);
+            }
+        }
+        self.gauges();
     }
 
-    fn invalidate(&self, metrics: &Metrics) {
-        let mut map = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
-        let mut limits = self.inner.limits.write().unwrap_or_else(|p| p.into_inner());
-        self.inner.generation.fetch_add(1, Ordering::AcqRel);
-        map.clear();
-        limits.clear();
-        metrics.webhook_cache_reloads.inc();
+    fn gauges(&self) {
+        let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics
+            .cache_repositories
+            .set(to_i64(self.inner.repositories.len() as u64));
+        self.metrics
+            .cache_webhooks
+            .set(to_i64(self.inner.repositories.weight()));
     }
 
     /// Listens for changes until cancelled, reconnecting with backoff. While not connected the
     /// cache is bypassed, so a change is never missed, only the saving is.
-    pub async fn listen(self, metrics: Metrics, cancel: CancellationToken) {
+    pub async fn listen(self, cancel: CancellationToken) {
         let backoff = || Waits::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut waits = backoff();
         while !cancel.is_cancelled() {
@@ -309,13 +357,13 @@ impl WebhookCache {
                 Ok((client, mut notifications)) => {
                     waits = backoff();
                     // Whatever changed while nobody listened is unknown: start from empty.
-                    self.invalidate(&metrics);
+                    self.invalidate(&Change::All);
                     self.inner.listening.store(true, Ordering::Release);
                     loop {
                         tokio::select! {
                             () = cancel.cancelled() => break,
                             next = notifications.recv() => match next {
-                                Some(()) => self.invalidate(&metrics),
+                                Some(change) => self.invalidate(&change),
                                 None => {
                                     tracing::warn!("webhook change listener lost its connection; reading webhooks uncached");
                                     break;
@@ -324,7 +372,7 @@ impl WebhookCache {
                         }
                     }
                     self.inner.listening.store(false, Ordering::Release);
-                    self.invalidate(&metrics);
+                    self.invalidate(&Change::All);
                     drop(client);
                 }
                 Err(e) => {
@@ -338,14 +386,14 @@ impl WebhookCache {
         }
     }
 
-    /// A connection of its own that listens on [`CHANNEL`], and a receiver that yields once per
-    /// notification and ends when the connection does.
+    /// A connection of its own that listens on [`CHANNEL`], and a receiver that yields each
+    /// change and ends when the connection does.
     async fn subscribe(
         &self,
     ) -> Result<
         (
             tokio_postgres::Client,
-            tokio::sync::mpsc::UnboundedReceiver<()>,
+            tokio::sync::mpsc::UnboundedReceiver<Change>,
         ),
         StoreError,
     > {
@@ -356,7 +404,9 @@ impl WebhookCache {
         tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(Ok(message)) = messages.next().await {
-                if matches!(message, AsyncMessage::Notification(_)) && tx.send(()).is_err() {
+                if let AsyncMessage::Notification(n) = message
+                    && tx.send(Change::parse(n.payload())).is_err()
+                {
                     return;
                 }
             }
@@ -364,6 +414,38 @@ impl WebhookCache {
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         Ok((client, rx))
     }
+}
+
+/// The enabled webhooks of each repository, in order, in one query: an index range of
+/// `webhooks_by_repository` each.
+async fn load(pool: &Pool, keys: Vec<Key>) -> Result<Vec<Hooks>, StoreError> {
+    let (namespaces, repositories): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(n, r)| (n.as_str(), r.as_str())).unzip();
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT k.n, w.id, w.name, w.url, {SECRET_COLUMNS}, w.trigger_type, w.trigger_expression,
+                    w.trigger_tags, w.max_in_flight
+               FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(namespace, repository, n)
+               JOIN webhooks w ON w.namespace = k.namespace AND w.repository = k.repository AND w.enabled
+              ORDER BY k.n, w.id"
+        ))
+        .await?;
+    let rows = client.query(&statement, &[&namespaces, &repositories]).await?;
+    drop(client);
+    let mut found: Vec<Vec<Arc<Webhook>>> = vec![Vec::new(); keys.len()];
+    for row in &rows {
+        let n: i64 = row.try_get(0)?;
+        let slot = usize::try_from(n - 1)
+            .ok()
+            .and_then(|i| found.get_mut(i))
+            .ok_or(StoreError::BatchLength {
+                got: rows.len(),
+                expected: keys.len(),
+            })?;
+        slot.push(Arc::new(Webhook::from_row(row)?));
+    }
+    Ok(found.into_iter().map(Hooks::from).collect())
 }
 
 /// A webhook as tagcast disabled it.

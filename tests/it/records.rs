@@ -12,7 +12,7 @@ use tagcast::store::partitions::{self, Maintained};
 use tagcast::store::{self, Pool};
 use uuid::Uuid;
 
-use crate::support::app::{SECOND, TestApp, Trigger, event};
+use crate::support::app::{SECOND, TestApp, Trigger, event, event_for, test_settings};
 use crate::support::receiver::Receiver;
 use crate::support::{ScratchDatabase, pg_connect};
 
@@ -316,4 +316,73 @@ async fn records_kept_before_partitioning_stay_readable_and_go_with_the_retentio
     client.execute("DELETE FROM webhooks WHERE id = $1", &[&hook]).await.unwrap();
     assert_eq!(count(&client, "SELECT count(*) FROM deliveries").await, 0);
     assert_eq!(count(&client, "SELECT count(*) FROM delivery_attempts").await, 0);
+}
+
+/// Changing repository A's webhook drops A's cached configuration only: B's next event finds its
+/// webhooks in the cache, A's loads them again.
+#[tokio::test]
+async fn a_change_to_one_repository_does_not_reload_another() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    let a = app
+        .insert_webhook_for("ns", "a", "hook", &receiver.url("/a"), Trigger::All, None)
+        .await;
+    app.insert_webhook_for("ns", "b", "hook", &receiver.url("/b"), Trigger::All, None)
+        .await;
+    // The inserts' notifications are taken in before the first event.
+    tokio::time::sleep(SECOND).await;
+    let hits = r#"tagcast_webhook_cache_lookups_total{result="hit"}"#;
+    let misses = r#"tagcast_webhook_cache_lookups_total{result="miss"}"#;
+    for repo in ["a", "b", "b"] {
+        app.publish_event(&event_for("ns", repo, "v1")).await;
+        app.next_status(10 * SECOND).await;
+    }
+    assert_eq!((app.metric(hits).await, app.metric(misses).await), (1.0, 2.0));
+
+    let scope = r#"tagcast_webhook_cache_invalidations_total{scope="repository"}"#;
+    let before = app.metric(scope).await;
+    app.pg
+        .execute("UPDATE webhooks SET url = $1 WHERE id = $2", &[&receiver.url("/a2"), &a])
+        .await
+        .unwrap();
+    app.wait_metric(scope, before + 1.0, 5 * SECOND).await;
+    app.publish_event(&event_for("ns", "b", "v2")).await;
+    app.next_status(10 * SECOND).await;
+    assert_eq!((app.metric(hits).await, app.metric(misses).await), (2.0, 2.0), "B was not reloaded");
+    app.publish_event(&event_for("ns", "a", "v2")).await;
+    let status = app.next_status(10 * SECOND).await;
+    assert_eq!(status["status"], "succeeded");
+    assert_eq!(app.metric(misses).await, 3.0, "A was");
+    let mut paths = Vec::new();
+    for _ in 0..5 {
+        paths.push(receiver.next(SECOND).await.path_and_query);
+    }
+    assert_eq!(paths, ["/a", "/b", "/b", "/b", "/a2"], "A with its new URL");
+    app.teardown().await;
+}
+
+/// However many repositories events name, the cache holds about its setting's worth.
+#[tokio::test]
+async fn the_cache_holds_no_more_webhooks_than_its_setting() {
+    let mut settings = test_settings();
+    settings.webhook_cache_size = 8;
+    let mut app = TestApp::spawn_with(settings).await;
+    let receiver = Receiver::always(200).await;
+    for n in 0..12 {
+        let repo = format!("r{n}");
+        app.insert_webhook_for("ns", &repo, "hook", &receiver.url("/"), Trigger::All, None)
+            .await;
+    }
+    tokio::time::sleep(SECOND).await;
+    for round in 0..2 {
+        for n in 0..12 {
+            app.publish_event(&event_for("ns", &format!("r{n}"), &format!("v{round}"))).await;
+            app.next_status(10 * SECOND).await;
+            let held = app.metric("tagcast_webhook_cache_webhooks").await;
+            assert!(held <= 8.0, "{held} webhooks and repositories held");
+        }
+    }
+    assert!(app.metric("tagcast_webhook_cache_repositories").await >= 1.0);
+    assert_eq!(receiver.count(), 24, "every event delivered, cached or not");
+    app.teardown().await;
 }
