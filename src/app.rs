@@ -181,7 +181,11 @@ impl App {
         let stop = CancellationToken::new();
         let hard_stop = CancellationToken::new();
         let health = Health::default();
-        let cache = WebhookCache::new(self.pool.clone(), s.webhook_cache_size, self.metrics.clone());
+        let cache = WebhookCache::new(
+            self.pool.clone(),
+            s.webhook_cache_size,
+            self.metrics.clone(),
+        );
         let lease = stages::lease(s.http_connect_timeout, s.http_timeout);
         let ctx = Arc::new(Context {
             pool: self.pool.clone(),

@@ -461,11 +461,18 @@ mod tests {
             let parsed = Cli::try_parse_from(["tagcast", "run", "--record-retention", text]);
             match (parsed, expected) {
                 (Ok(cli), Ok(secs)) => {
-                    assert_eq!(cli.settings.record_retention, Duration::from_secs(secs), "{text}")
+                    assert_eq!(
+                        cli.settings.record_retention,
+                        Duration::from_secs(secs),
+                        "{text}"
+                    )
                 }
                 (Err(e), Err(says)) => {
                     let e = e.to_string();
-                    assert!(e.contains("TAGCAST_RECORD_RETENTION") && e.contains(says), "{text}: {e}");
+                    assert!(
+                        e.contains("TAGCAST_RECORD_RETENTION") && e.contains(says),
+                        "{text}: {e}"
+                    );
                 }
                 (parsed, expected) => panic!("{text}: {:?}, expected {expected:?}", parsed.is_ok()),
             }

@@ -179,7 +179,10 @@ mod tests {
         assert_ne!(a, delivery_id("event-1", 43, t));
         assert_ne!(a, delivery_id("event-2", 42, t));
         // The separator keeps ("a", 1) and ("a\0...", ...) apart from concatenation tricks.
-        assert_ne!(delivery_id("1", 1, t), delivery_id("", 0x3100_0000_0000_0001, t));
+        assert_ne!(
+            delivery_id("1", 1, t),
+            delivery_id("", 0x3100_0000_0000_0001, t)
+        );
         assert_eq!(a.get_version(), Some(uuid::Version::SortRand));
         assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
     }

@@ -189,8 +189,9 @@ pub(crate) async fn floor(n: usize, status_queue: bool) -> Floor {
         .await
         .unwrap();
         tx.execute(
-            "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status, response_body) \
-             SELECT id, 1, now(), 2, 200, 'ok' FROM unnest($1::uuid[]) AS u(id)",
+            // now(): the transaction's time, the deliveries' occurred_at above.
+            "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, http_status, response_body, \
+             occurred_at) SELECT id, 1, now(), 2, 200, 'ok', now() FROM unnest($1::uuid[]) AS u(id)",
             &[&ids],
         )
         .await

@@ -146,7 +146,10 @@ pub async fn maintain(
         // A delivery still waiting for a retry is not over, however old its event: the day
         // waits for it (`deliveries_due` holds exactly those, so this reads an index).
         let waiting: bool = tx
-            .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {name} WHERE watched)"), &[])
+            .query_one(
+                &format!("SELECT EXISTS (SELECT 1 FROM {name} WHERE watched)"),
+                &[],
+            )
             .await?
             .try_get(0)?;
         if waiting {

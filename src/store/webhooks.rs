@@ -4,8 +4,8 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -172,7 +172,11 @@ struct Inner {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// One webhook, of this repository.
-    Webhook { id: i64, namespace: String, repository: String },
+    Webhook {
+        id: i64,
+        namespace: String,
+        repository: String,
+    },
     /// Anything: drop it all.
     All,
 }
@@ -251,8 +255,14 @@ impl WebhookCache {
             metrics,
             loader,
             inner: Arc::new(Inner {
-                repositories: quick_cache::sync::Cache::with_weighter(estimated, capacity.max(2), ByWebhooks),
-                limits: quick_cache::sync::Cache::new(usize::try_from(capacity).unwrap_or(usize::MAX).max(16)),
+                repositories: quick_cache::sync::Cache::with_weighter(
+                    estimated,
+                    capacity.max(2),
+                    ByWebhooks,
+                ),
+                limits: quick_cache::sync::Cache::new(
+                    usize::try_from(capacity).unwrap_or(usize::MAX).max(16),
+                ),
                 generation: AtomicU64::new(0),
                 listening: AtomicBool::new(false),
             }),
@@ -431,7 +441,9 @@ async fn load(pool: &Pool, keys: Vec<Key>) -> Result<Vec<Hooks>, StoreError> {
               ORDER BY k.n, w.id"
         ))
         .await?;
-    let rows = client.query(&statement, &[&namespaces, &repositories]).await?;
+    let rows = client
+        .query(&statement, &[&namespaces, &repositories])
+        .await?;
     drop(client);
     let mut found: Vec<Vec<Arc<Webhook>>> = vec![Vec::new(); keys.len()];
     for row in &rows {

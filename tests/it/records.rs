@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use tagcast::events::{BuildEvent, Repository};
 use tagcast::model::{DeliveryStatus, delivery_id};
-use tagcast::store::{Decision, EventDecisions};
 use tagcast::store::partitions::{self, Maintained};
 use tagcast::store::{self, Pool};
+use tagcast::store::{Decision, EventDecisions};
 use uuid::Uuid;
 
 use crate::support::app::{SECOND, TestApp, Trigger, event, event_for, test_settings};
@@ -65,7 +65,10 @@ async fn record(client: &tokio_postgres::Client, webhook: i64, occurred_at: Date
 /// The partition of `deliveries` a record is in.
 async fn partition_of(client: &tokio_postgres::Client, id: Uuid) -> Option<String> {
     client
-        .query_opt("SELECT tableoid::regclass::text FROM deliveries WHERE id = $1", &[&id])
+        .query_opt(
+            "SELECT tableoid::regclass::text FROM deliveries WHERE id = $1",
+            &[&id],
+        )
         .await
         .unwrap()
         .map(|r| r.get(0))
@@ -97,46 +100,102 @@ async fn partitions_are_made_ahead_and_dropped_whole_past_the_retention() {
     let names = partitions(&client, "deliveries").await;
     for n in 0..=partitions::AHEAD {
         let day = today + Days::new(n);
-        assert!(names.contains(&format!("deliveries_p{}", day.format("%Y%m%d"))), "{day}: {names:?}");
+        assert!(
+            names.contains(&format!("deliveries_p{}", day.format("%Y%m%d"))),
+            "{day}: {names:?}"
+        );
     }
-    assert!(names.contains(&"deliveries_default".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"deliveries_default".to_owned()),
+        "{names:?}"
+    );
 
     // Time moves on, under control: noon on 2031-03-10, two days of retention.
     let retention = Some(2 * DAY);
-    let done = partitions::maintain(&pool, at("2031-03-10T12:00:00Z"), retention).await.unwrap();
+    let done = partitions::maintain(&pool, at("2031-03-10T12:00:00Z"), retention)
+        .await
+        .unwrap();
     assert_eq!(done.created.len(), 4, "{done:?}");
     assert_eq!(done.created[0].to_string(), "2031-03-10");
     // Every partition of 2026 is past the retention by now: dropped, with its attempts.
-    assert!(done.dropped.iter().all(|n| n.starts_with("deliveries_p2026")), "{done:?}");
-    assert_eq!(done.dropped.len(), 1 + partitions::AHEAD as usize, "{done:?}");
-    assert!(!partitions(&client, "delivery_attempts").await.iter().any(|n| n.contains("2026")));
+    assert!(
+        done.dropped
+            .iter()
+            .all(|n| n.starts_with("deliveries_p2026")),
+        "{done:?}"
+    );
+    assert_eq!(
+        done.dropped.len(),
+        1 + partitions::AHEAD as usize,
+        "{done:?}"
+    );
+    assert!(
+        !partitions(&client, "delivery_attempts")
+            .await
+            .iter()
+            .any(|n| n.contains("2026"))
+    );
 
     let hook = webhook(&client).await;
     let first = record(&client, hook, at("2031-03-10T23:59:59.999Z")).await;
     let second = record(&client, hook, at("2031-03-11T00:00:00Z")).await;
     // An event stamped long before every partition goes to the default partition.
     let stray = record(&client, hook, at("2016-11-29T04:25:46Z")).await;
-    assert_eq!(partition_of(&client, first).await.as_deref(), Some("deliveries_p20310310"));
-    assert_eq!(partition_of(&client, second).await.as_deref(), Some("deliveries_p20310311"));
-    assert_eq!(partition_of(&client, stray).await.as_deref(), Some("deliveries_default"));
+    assert_eq!(
+        partition_of(&client, first).await.as_deref(),
+        Some("deliveries_p20310310")
+    );
+    assert_eq!(
+        partition_of(&client, second).await.as_deref(),
+        Some("deliveries_p20310311")
+    );
+    assert_eq!(
+        partition_of(&client, stray).await.as_deref(),
+        Some("deliveries_default")
+    );
 
     // Again the same day: nothing more to do.
-    let again = partitions::maintain(&pool, at("2031-03-10T18:00:00Z"), retention).await.unwrap();
-    assert_eq!(again, Maintained { deleted: 1, ..Maintained::default() }, "the stray record is past the retention");
+    let again = partitions::maintain(&pool, at("2031-03-10T18:00:00Z"), retention)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Maintained {
+            deleted: 1,
+            ..Maintained::default()
+        },
+        "the stray record is past the retention"
+    );
 
     // Two days and half an hour later: 2031-03-10 is wholly older than the retention, the 11th
     // is not yet.
-    let later = partitions::maintain(&pool, at("2031-03-13T00:30:00Z"), retention).await.unwrap();
+    let later = partitions::maintain(&pool, at("2031-03-13T00:30:00Z"), retention)
+        .await
+        .unwrap();
     assert_eq!(later.dropped, ["deliveries_p20310310"]);
     assert_eq!(
-        later.created.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        later
+            .created
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         ["2031-03-14", "2031-03-15", "2031-03-16"]
     );
     assert_eq!(partition_of(&client, first).await, None);
-    assert_eq!(partition_of(&client, second).await.as_deref(), Some("deliveries_p20310311"));
+    assert_eq!(
+        partition_of(&client, second).await.as_deref(),
+        Some("deliveries_p20310311")
+    );
     assert_eq!(count(&client, "SELECT count(*) FROM deliveries").await, 1);
-    assert_eq!(count(&client, "SELECT count(*) FROM delivery_attempts").await, 1);
-    assert!(!partitions(&client, "delivery_attempts").await.contains(&"delivery_attempts_p20310310".to_owned()));
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM delivery_attempts").await,
+        1
+    );
+    assert!(
+        !partitions(&client, "delivery_attempts")
+            .await
+            .contains(&"delivery_attempts_p20310310".to_owned())
+    );
 }
 
 #[tokio::test]
@@ -149,11 +208,25 @@ async fn one_replica_at_a_time_looks_after_the_partitions() {
         .execute("SELECT pg_advisory_xact_lock($1)", &[&partitions::LOCK_KEY])
         .await
         .unwrap();
-    let meanwhile = partitions::maintain(&pool, at("2031-03-10T12:00:00Z"), Some(DAY)).await.unwrap();
-    assert_eq!(meanwhile, Maintained { skipped: true, ..Maintained::default() });
-    assert!(!partitions(&client, "deliveries").await.contains(&"deliveries_p20310310".to_owned()));
+    let meanwhile = partitions::maintain(&pool, at("2031-03-10T12:00:00Z"), Some(DAY))
+        .await
+        .unwrap();
+    assert_eq!(
+        meanwhile,
+        Maintained {
+            skipped: true,
+            ..Maintained::default()
+        }
+    );
+    assert!(
+        !partitions(&client, "deliveries")
+            .await
+            .contains(&"deliveries_p20310310".to_owned())
+    );
     round.commit().await.unwrap();
-    let after = partitions::maintain(&pool, at("2031-03-10T12:00:00Z"), Some(DAY)).await.unwrap();
+    let after = partitions::maintain(&pool, at("2031-03-10T12:00:00Z"), Some(DAY))
+        .await
+        .unwrap();
     assert!(!after.skipped && after.created.len() == 4, "{after:?}");
 }
 
@@ -163,18 +236,18 @@ async fn one_replica_at_a_time_looks_after_the_partitions() {
 async fn an_event_redelivered_at_a_partition_boundary_is_recorded_once() {
     let mut app = TestApp::spawn().await;
     let receiver = Receiver::always(200).await;
-    app.insert_webhook("a", &receiver.url("/a"), Trigger::All).await;
+    app.insert_webhook("a", &receiver.url("/a"), Trigger::All)
+        .await;
     let tomorrow = Utc::now().date_naive() + Days::new(1);
     let midnight = tomorrow.and_hms_opt(0, 0, 0).unwrap().and_utc();
-    let stamps = [
-        midnight - chrono::Duration::microseconds(1),
-        midnight,
-    ];
+    let stamps = [midnight - chrono::Duration::microseconds(1), midnight];
     let events: Vec<_> = stamps
         .iter()
         .map(|t| {
             let mut e = event("latest");
-            e["occurred_at"] = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into();
+            e["occurred_at"] = t
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .into();
             e
         })
         .collect();
@@ -195,7 +268,10 @@ async fn an_event_redelivered_at_a_partition_boundary_is_recorded_once() {
     assert_eq!(receiver.count(), 2, "nothing that succeeded is sent again");
     let rows = app
         .pg
-        .query("SELECT tableoid::regclass::text FROM deliveries ORDER BY occurred_at", &[])
+        .query(
+            "SELECT tableoid::regclass::text FROM deliveries ORDER BY occurred_at",
+            &[],
+        )
         .await
         .unwrap();
     let homes: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -225,10 +301,18 @@ async fn records_kept_before_partitioning_stay_readable_and_go_with_the_retentio
         .await
         .unwrap();
     for file in &files {
-        client.batch_execute(&std::fs::read_to_string(file).unwrap()).await.unwrap();
-        let version: i64 = file.file_name().unwrap().to_string_lossy()[..14].parse().unwrap();
         client
-            .execute("INSERT INTO tagcast_migrations (version, description) VALUES ($1, 'by hand')", &[&version])
+            .batch_execute(&std::fs::read_to_string(file).unwrap())
+            .await
+            .unwrap();
+        let version: i64 = file.file_name().unwrap().to_string_lossy()[..14]
+            .parse()
+            .unwrap();
+        client
+            .execute(
+                "INSERT INTO tagcast_migrations (version, description) VALUES ($1, 'by hand')",
+                &[&version],
+            )
             .await
             .unwrap();
     }
@@ -256,9 +340,15 @@ async fn records_kept_before_partitioning_stay_readable_and_go_with_the_retentio
 
     let pool = store::connect(&db.url.parse().unwrap(), 2).unwrap();
     store::migrate(&pool).await.unwrap();
-    assert_eq!(partition_of(&client, old_id).await.as_deref(), Some("deliveries_legacy"));
+    assert_eq!(
+        partition_of(&client, old_id).await.as_deref(),
+        Some("deliveries_legacy")
+    );
     // Read by id as before: the admin API's detail, with its attempt.
-    let detail = store::admin::get_delivery(&pool, old_id).await.unwrap().expect("found");
+    let detail = store::admin::get_delivery(&pool, old_id)
+        .await
+        .unwrap()
+        .expect("found");
     assert_eq!(detail.attempts.len(), 1);
     assert_eq!(detail.attempts[0].http_status, Some(500));
     // The event again, as the event stage records it: no second record, the old one comes back.
@@ -298,24 +388,48 @@ async fn records_kept_before_partitioning_stay_readable_and_go_with_the_retentio
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].len(), 1);
     assert!(!again[0][0].created);
-    assert_eq!(again[0][0].record.id, old_id, "the record of the first time, with its id");
+    assert_eq!(
+        again[0][0].record.id, old_id,
+        "the record of the first time, with its id"
+    );
     assert_eq!(count(&client, "SELECT count(*) FROM deliveries").await, 1);
     // New records go to the daily partitions beside it.
     let new = record(&client, hook, Utc::now() + chrono::Duration::days(2)).await;
-    assert!(partition_of(&client, new).await.unwrap().starts_with("deliveries_p"));
+    assert!(
+        partition_of(&client, new)
+            .await
+            .unwrap()
+            .starts_with("deliveries_p")
+    );
 
     // Once the retention has passed over everything in it, the old table goes whole.
     let done = partitions::maintain(&pool, Utc::now() + chrono::Duration::days(2), Some(DAY))
         .await
         .unwrap();
-    assert!(done.dropped.contains(&"deliveries_legacy".to_owned()), "{done:?}");
+    assert!(
+        done.dropped.contains(&"deliveries_legacy".to_owned()),
+        "{done:?}"
+    );
     assert_eq!(partition_of(&client, old_id).await, None);
-    assert!(!partitions(&client, "delivery_attempts").await.contains(&"delivery_attempts_legacy".to_owned()));
-    assert_eq!(count(&client, "SELECT count(*) FROM delivery_attempts").await, 1);
+    assert!(
+        !partitions(&client, "delivery_attempts")
+            .await
+            .contains(&"delivery_attempts_legacy".to_owned())
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM delivery_attempts").await,
+        1
+    );
     // Deleting the webhook still takes its records and their attempts with it.
-    client.execute("DELETE FROM webhooks WHERE id = $1", &[&hook]).await.unwrap();
+    client
+        .execute("DELETE FROM webhooks WHERE id = $1", &[&hook])
+        .await
+        .unwrap();
     assert_eq!(count(&client, "SELECT count(*) FROM deliveries").await, 0);
-    assert_eq!(count(&client, "SELECT count(*) FROM delivery_attempts").await, 0);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM delivery_attempts").await,
+        0
+    );
 }
 
 /// Changing repository A's webhook drops A's cached configuration only: B's next event finds its
@@ -337,18 +451,28 @@ async fn a_change_to_one_repository_does_not_reload_another() {
         app.publish_event(&event_for("ns", repo, "v1")).await;
         app.next_status(10 * SECOND).await;
     }
-    assert_eq!((app.metric(hits).await, app.metric(misses).await), (1.0, 2.0));
+    assert_eq!(
+        (app.metric(hits).await, app.metric(misses).await),
+        (1.0, 2.0)
+    );
 
     let scope = r#"tagcast_webhook_cache_invalidations_total{scope="repository"}"#;
     let before = app.metric(scope).await;
     app.pg
-        .execute("UPDATE webhooks SET url = $1 WHERE id = $2", &[&receiver.url("/a2"), &a])
+        .execute(
+            "UPDATE webhooks SET url = $1 WHERE id = $2",
+            &[&receiver.url("/a2"), &a],
+        )
         .await
         .unwrap();
     app.wait_metric(scope, before + 1.0, 5 * SECOND).await;
     app.publish_event(&event_for("ns", "b", "v2")).await;
     app.next_status(10 * SECOND).await;
-    assert_eq!((app.metric(hits).await, app.metric(misses).await), (2.0, 2.0), "B was not reloaded");
+    assert_eq!(
+        (app.metric(hits).await, app.metric(misses).await),
+        (2.0, 2.0),
+        "B was not reloaded"
+    );
     app.publish_event(&event_for("ns", "a", "v2")).await;
     let status = app.next_status(10 * SECOND).await;
     assert_eq!(status["status"], "succeeded");
@@ -376,7 +500,8 @@ async fn the_cache_holds_no_more_webhooks_than_its_setting() {
     tokio::time::sleep(SECOND).await;
     for round in 0..2 {
         for n in 0..12 {
-            app.publish_event(&event_for("ns", &format!("r{n}"), &format!("v{round}"))).await;
+            app.publish_event(&event_for("ns", &format!("r{n}"), &format!("v{round}")))
+                .await;
             app.next_status(10 * SECOND).await;
             let held = app.metric("tagcast_webhook_cache_webhooks").await;
             assert!(held <= 8.0, "{held} webhooks and repositories held");
