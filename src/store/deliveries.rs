@@ -129,6 +129,8 @@ pub async fn record_decisions(
             UPDATE deliveries d SET watched = d.status IN ", unfinished!(), "
               FROM u
              WHERE d.event_id = u.event_id AND d.webhook_id = u.webhook_id AND d.occurred_at = u.occurred_at
+               -- Rows `ins` wrote are not looked for: on the usual, first copy, none are.
+               AND NOT EXISTS (SELECT 1 FROM ins WHERE ins.event_id = u.event_id AND ins.webhook_id = u.webhook_id)
             RETURNING d.*
         )
         SELECT ", record_columns!(), ", true AS created FROM ins d JOIN webhooks w ON w.id = d.webhook_id
@@ -387,13 +389,13 @@ pub async fn postpone(
     attempt: i32,
     next_attempt_at: Option<DateTime<Utc>>,
 ) -> Result<(), StoreError> {
-    let (from, to) = span(id);
     const SQL: &str = concat!(
         "UPDATE deliveries SET next_attempt_at = coalesce($3, next_attempt_at), updated_at = now()
           WHERE id = $1 AND occurred_at >= $4 AND occurred_at < $5 AND attempts = $2 - 1 AND status IN ",
         unfinished!(),
         " AND (lease_until IS NULL OR lease_until < now())"
     );
+    let (from, to) = span(id);
     let client = pool.get().await?;
     let statement = client.prepare_cached(SQL).await?;
     client
