@@ -5,8 +5,12 @@ pub(crate) struct Args {
     pub(crate) runs: usize,
     pub(crate) rate_seconds: u64,
     pub(crate) binary: String,
-    /// Run one measure only: raw, drain1, drain10, latency, floor or down (for profiling).
+    /// Run one measure only: raw, drain1, drain10, latency, floor, down, growth or
+    /// repositories.
     pub(crate) only: Option<String>,
+    /// For `--only growth`: the table sizes, in records, and the days the records span.
+    pub(crate) sizes: Vec<u64>,
+    pub(crate) days: u32,
     /// Bind a durable queue to the status exchange, as a consumer of status events would.
     pub(crate) status_queue: bool,
 }
@@ -19,11 +23,20 @@ pub(crate) fn args() -> Args {
         binary: std::env::var("TAGCAST_BIN").unwrap_or_else(|_| "target/release/tagcast".into()),
         only: None,
         status_queue: true,
+        sizes: vec![0, 10_000_000, 30_000_000],
+        days: 30,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         if arg == "--only" {
             a.only = it.next();
+            continue;
+        }
+        if arg == "--sizes" {
+            a.sizes = it
+                .next()
+                .map(|v| v.split(',').map(|n| n.parse().expect("--sizes: records, comma-separated")).collect())
+                .expect("--sizes needs a list");
             continue;
         }
         if arg == "--no-status-queue" {
@@ -39,6 +52,7 @@ pub(crate) fn args() -> Args {
             "--events" => a.events = value() as usize,
             "--runs" => a.runs = value() as usize,
             "--rate-seconds" => a.rate_seconds = value(),
+            "--days" => a.days = value() as u32,
             other => panic!("unknown argument {other}"),
         }
     }

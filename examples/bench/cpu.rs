@@ -74,3 +74,19 @@ pub(crate) fn cpu_of(name: &str) -> f64 {
     }
     total
 }
+
+/// Waits until the machine has been at least 80 % idle for a second (at most `limit`), so that
+/// a measure does not start while a load's aftermath (a checkpoint, autovacuum) or anything else
+/// still runs.
+pub(crate) async fn settle(limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        let (busy0, idle0) = machine_cpu();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let (busy1, idle1) = machine_cpu();
+        let idle = idle1 - idle0;
+        if idle / (idle + busy1 - busy0) >= 0.8 {
+            return;
+        }
+    }
+}

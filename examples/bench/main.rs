@@ -19,6 +19,7 @@ mod support;
 mod args;
 mod cpu;
 mod floor;
+mod growth;
 mod isolation;
 mod measures;
 mod report;
@@ -73,6 +74,10 @@ async fn main() {
             let healthy = isolation(&a.binary, a.events / 10 * 2, false).await;
             let failing = isolation(&a.binary, a.events / 10 * 2, true).await;
             return print_isolation(&healthy, &failing);
+        }
+        Some("growth") => {
+            let grown = growth::growth(&a.binary, a.events, &a.sizes, a.days, a.runs).await;
+            return report::print_growth(&grown);
         }
         Some("down") => return receiver_down(&a.binary, a.events, a.rate_seconds).await,
         Some("latency") => {

@@ -189,34 +189,82 @@ pub(crate) async fn drain(binary: &str, events: usize, fanout: usize, status_que
     let mut worker = Worker::spawn(&env, binary);
     assert!(env.ready(Duration::from_secs(30)).await);
     worker.terminate(Duration::from_secs(30));
+    let bodies = (0..events)
+        .map(|_| event_body(&Uuid::new_v4().to_string()))
+        .collect();
+    let succeeded = "SELECT count(*) FROM deliveries WHERE status = 'succeeded'";
+    let drained = timed_drain(
+        &env,
+        binary,
+        &receiver,
+        bodies,
+        events * fanout,
+        succeeded,
+        None,
+    )
+    .await;
+    env.destroy().await;
+    drained
+}
+
+/// Changes made to webhooks while a drain runs: `per_second` updates, each of one webhook
+/// picked at random from `ids`.
+pub(crate) struct Changes {
+    pub(crate) ids: Vec<i64>,
+    pub(crate) per_second: u32,
+}
+
+/// With tagcast stopped, publishes `bodies`; then starts it and times how long it takes until
+/// `expected` more deliveries have reached `receiver` and `succeeded` (a count) has grown by as
+/// many. With `changes`, makes them all the while. Leaves tagcast stopped.
+pub(crate) async fn timed_drain(
+    env: &Env,
+    binary: &str,
+    receiver: &CountingReceiver,
+    bodies: Vec<Vec<u8>>,
+    expected: usize,
+    succeeded: &str,
+    changes: Option<Changes>,
+) -> Drain {
+    let count = || async {
+        env.client()
+            .await
+            .query_one(succeeded, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0) as usize
+    };
+    let (arrived0, succeeded0) = (receiver.seen.lock().unwrap().ids.len(), count().await);
     let mut publisher = EventPublisher::new(env.events_exchange());
-    let ids: Vec<String> = (0..events).map(|_| Uuid::new_v4().to_string()).collect();
-    for chunk in ids.chunks(500) {
-        publisher
-            .publish_batch(&chunk.iter().map(|id| event_body(id)).collect::<Vec<_>>())
-            .await;
+    for chunk in bodies.chunks(500) {
+        publisher.publish_batch(chunk).await;
     }
-    let expected = events * fanout;
     let (broker0, database0) = (cpu_of("beam.smp"), cpu_of("postgres"));
     let (receiver0, machine0) = (process_usage(std::process::id()).0, machine_cpu());
-    let mut worker = Worker::spawn(&env, binary);
+    let mut worker = Worker::spawn(env, binary);
     let started = Instant::now();
+    let changing = changes.map(|changes| {
+        let pg = env.pg.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / changes.per_second);
+            loop {
+                tick.tick().await;
+                let id = changes.ids[fastrand::usize(..changes.ids.len())];
+                if let Ok(client) = pg.get().await {
+                    let _ = client
+                        .execute("UPDATE webhooks SET updated_at = now() WHERE id = $1", &[&id])
+                        .await;
+                }
+            }
+        })
+    });
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if receiver.seen.lock().unwrap().ids.len() >= expected {
-            let succeeded: i64 = env
-                .client()
-                .await
-                .query_one(
-                    "SELECT count(*) FROM deliveries WHERE status = 'succeeded'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if succeeded as usize >= expected {
-                break;
-            }
+        // The count reads the table: only once the receiver has seen every delivery.
+        if receiver.seen.lock().unwrap().ids.len() - arrived0 >= expected
+            && count().await - succeeded0 >= expected
+        {
+            break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(600),
@@ -224,6 +272,9 @@ pub(crate) async fn drain(binary: &str, events: usize, fanout: usize, status_que
         );
     }
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(changing) = changing {
+        changing.abort();
+    }
     let (cpu, rss) = process_usage(worker.child.id());
     let (broker, database) = (cpu_of("beam.smp") - broker0, cpu_of("postgres") - database0);
     let receiver_cpu = process_usage(std::process::id()).0 - receiver0;
@@ -236,11 +287,11 @@ pub(crate) async fn drain(binary: &str, events: usize, fanout: usize, status_que
             "tagcast_database_retries",
             "tagcast_messages_redelivered",
             "tagcast_delivery_attempts_total",
+            "tagcast_webhook_cache",
         ],
     )
     .await;
     worker.terminate(Duration::from_secs(30));
-    env.destroy().await;
     let per_1000 = |seconds: f64| seconds / expected as f64 * 1000.0;
     Drain {
         per_second: expected as f64 / elapsed,

@@ -1,6 +1,7 @@
 //! Medians, percentiles and the printed lines.
 
 use crate::floor::Floor;
+use crate::growth::Grown;
 use crate::measures::Drain;
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
@@ -41,4 +42,28 @@ pub(crate) fn print_drain(name: &str, d: &Drain) {
         d.idle * 100.0,
         d.peak_rss_kib as f64 / 1024.0
     );
+}
+
+/// Medians per table size, and each as a share of the empty table's.
+pub(crate) fn print_growth(grown: &[Grown]) {
+    let of = |g: &Grown, part: fn(&Drain) -> f64| median(g.drains.iter().map(part).collect());
+    let base = grown.first().map(|g| {
+        (
+            of(g, |d| d.per_second),
+            of(g, |d| d.database_per_1000),
+        )
+    });
+    println!("| records already present | deliveries/s | PostgreSQL CPU s per 1,000 | tagcast CPU s per 1,000 |");
+    println!("|---|---|---|---|");
+    for g in grown {
+        let (rate, database) = (of(g, |d| d.per_second), of(g, |d| d.database_per_1000));
+        let (rate0, database0) = base.unwrap_or((rate, database));
+        println!(
+            "| {} | {rate:.0} ({:.2}) | {database:.3} ({:.2}) | {:.3} |",
+            g.records,
+            rate / rate0,
+            database / database0,
+            of(g, |d| d.cpu_per_1000)
+        );
+    }
 }

@@ -120,12 +120,19 @@ pub struct Env {
 
 impl Env {
     pub async fn create(label: &str) -> Env {
+        let env = Env::unmigrated(label).await;
+        tagcast::store::migrate(&env.pg).await.unwrap();
+        env
+    }
+
+    /// An environment whose database is still empty: the tagcast binary it runs migrates it to
+    /// its own schema (the benchmark runs an earlier build against its earlier schema).
+    pub async fn unmigrated(label: &str) -> Env {
         let prefix = format!("{label}{}", &Uuid::new_v4().simple().to_string()[..8]);
         let database = format!("tagcast_{prefix}");
         create_database(&database).await;
         let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
         let pg = tagcast::store::connect(&url.parse().unwrap(), 4).unwrap();
-        tagcast::store::migrate(&pg).await.unwrap();
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
