@@ -11,6 +11,9 @@ pub(crate) struct Args {
     /// For `--only growth`: the table sizes, in records, and the days the records span.
     pub(crate) sizes: Vec<u64>,
     pub(crate) days: u32,
+    /// For `--only repositories`: how many, and webhook changes per second meanwhile.
+    pub(crate) repositories: usize,
+    pub(crate) changes: u32,
     /// Bind a durable queue to the status exchange, as a consumer of status events would.
     pub(crate) status_queue: bool,
 }
@@ -25,6 +28,8 @@ pub(crate) fn args() -> Args {
         status_queue: true,
         sizes: vec![0, 10_000_000, 30_000_000],
         days: 30,
+        repositories: 50_000,
+        changes: 10,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -53,6 +58,8 @@ pub(crate) fn args() -> Args {
             "--runs" => a.runs = value() as usize,
             "--rate-seconds" => a.rate_seconds = value(),
             "--days" => a.days = value() as u32,
+            "--repositories" => a.repositories = value() as usize,
+            "--changes" => a.changes = value() as u32,
             other => panic!("unknown argument {other}"),
         }
     }

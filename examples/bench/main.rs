@@ -12,6 +12,12 @@
 //! seconds per 1,000 deliveries, peak RSS); latency from the event's send time to the receiver at
 //! 1,000 events per second offered; trigger evaluation per webhook; and the floor, the CPU that
 //! each part the contract asks of a delivery costs on its own (see `Floor`), with the rate it allows.
+//!
+//! Two measures of scale run only when asked for: `--only growth [--sizes 0,10000000,30000000]
+//! [--days 30]` drains on tables already holding that many records (see `growth`), and `--only
+//! repositories [--repositories 50000] [--changes 10]` a backlog spread over many repositories
+//! while webhooks change (see `repositories`). `TAGCAST_BIN` picks the tagcast binary, so that
+//! an earlier build can be measured beside this one.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -22,6 +28,7 @@ mod floor;
 mod growth;
 mod isolation;
 mod measures;
+mod repositories;
 mod report;
 
 use args::args;
@@ -78,6 +85,23 @@ async fn main() {
         Some("growth") => {
             let grown = growth::growth(&a.binary, a.events, &a.sizes, a.days, a.runs).await;
             return report::print_growth(&grown);
+        }
+        Some("repositories") => {
+            let mut runs = Vec::new();
+            for _ in 0..a.runs {
+                let run =
+                    repositories::repositories(&a.binary, a.events, a.repositories, a.changes)
+                        .await;
+                println!(
+                    "one repository {:.0} deliveries/s, {} repositories {:.0} deliveries/s (peak RSS {:.1} MiB)",
+                    run.single.per_second,
+                    a.repositories,
+                    run.spread.per_second,
+                    run.spread.peak_rss_kib as f64 / 1024.0
+                );
+                runs.push(run);
+            }
+            return repositories::print(&runs);
         }
         Some("down") => return receiver_down(&a.binary, a.events, a.rate_seconds).await,
         Some("latency") => {
