@@ -40,7 +40,11 @@ pub(crate) fn args() -> Args {
         if arg == "--sizes" {
             a.sizes = it
                 .next()
-                .map(|v| v.split(',').map(|n| n.parse().expect("--sizes: records, comma-separated")).collect())
+                .map(|v| {
+                    v.split(',')
+                        .map(|n| n.parse().expect("--sizes: records, comma-separated"))
+                        .collect()
+                })
                 .expect("--sizes needs a list");
             continue;
         }

@@ -76,7 +76,10 @@ pub(crate) async fn growth(
     let hooks: Vec<i64> = env
         .client()
         .await
-        .query("SELECT id FROM webhooks WHERE namespace = 'ns' ORDER BY id", &[])
+        .query(
+            "SELECT id FROM webhooks WHERE namespace = 'ns' ORDER BY id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()

@@ -28,8 +28,8 @@ mod floor;
 mod growth;
 mod isolation;
 mod measures;
-mod repositories;
 mod report;
+mod repositories;
 
 use args::args;
 use floor::{Floor, floor};

@@ -234,7 +234,8 @@ pub(crate) async fn timed_drain(
             .unwrap()
             .get::<_, i64>(0) as usize
     };
-    let (arrived0, succeeded0) = (receiver.seen.lock().unwrap().ids.len(), count().await);
+    let arrived0 = receiver.seen.lock().unwrap().ids.len();
+    let succeeded0 = count().await;
     let mut publisher = EventPublisher::new(env.events_exchange());
     for chunk in bodies.chunks(500) {
         publisher.publish_batch(chunk).await;
@@ -252,7 +253,10 @@ pub(crate) async fn timed_drain(
                 let id = changes.ids[fastrand::usize(..changes.ids.len())];
                 if let Ok(client) = pg.get().await {
                     let _ = client
-                        .execute("UPDATE webhooks SET updated_at = now() WHERE id = $1", &[&id])
+                        .execute(
+                            "UPDATE webhooks SET updated_at = now() WHERE id = $1",
+                            &[&id],
+                        )
                         .await;
                 }
             }

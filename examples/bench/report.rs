@@ -47,13 +47,12 @@ pub(crate) fn print_drain(name: &str, d: &Drain) {
 /// Medians per table size, and each as a share of the empty table's.
 pub(crate) fn print_growth(grown: &[Grown]) {
     let of = |g: &Grown, part: fn(&Drain) -> f64| median(g.drains.iter().map(part).collect());
-    let base = grown.first().map(|g| {
-        (
-            of(g, |d| d.per_second),
-            of(g, |d| d.database_per_1000),
-        )
-    });
-    println!("| records already present | deliveries/s | PostgreSQL CPU s per 1,000 | tagcast CPU s per 1,000 |");
+    let base = grown
+        .first()
+        .map(|g| (of(g, |d| d.per_second), of(g, |d| d.database_per_1000)));
+    println!(
+        "| records already present | deliveries/s | PostgreSQL CPU s per 1,000 | tagcast CPU s per 1,000 |"
+    );
     println!("|---|---|---|---|");
     for g in grown {
         let (rate, database) = (of(g, |d| d.per_second), of(g, |d| d.database_per_1000));

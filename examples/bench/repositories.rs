@@ -89,7 +89,7 @@ async fn backlog(
             .body(&Uuid::new_v4().to_string())
         })
         .collect();
-    let changes = (changes_per_second > 0).then(|| Changes {
+    let changes = (changes_per_second > 0).then_some(Changes {
         ids,
         per_second: changes_per_second,
     });
@@ -116,13 +116,13 @@ pub(crate) fn print(runs: &[Spread]) {
     let per_event = PER_REPOSITORY as f64;
     let single = of(|s| s.single.per_second) / per_event;
     let spread = of(|s| s.spread.per_second) / per_event;
-    let rss = |part: fn(&Spread) -> u64| {
-        runs.iter().map(part).max().unwrap_or(0) as f64 / 1024.0
-    };
+    let rss = |part: fn(&Spread) -> u64| runs.iter().map(part).max().unwrap_or(0) as f64 / 1024.0;
     let (repositories, changes) = runs
         .first()
         .map_or((0, 0), |s| (s.repositories, s.changes_per_second));
-    println!("| backlog | events/s | tagcast CPU s per 1,000 deliveries | PostgreSQL CPU s per 1,000 | peak RSS |");
+    println!(
+        "| backlog | events/s | tagcast CPU s per 1,000 deliveries | PostgreSQL CPU s per 1,000 | peak RSS |"
+    );
     println!("|---|---|---|---|---|");
     println!(
         "| one repository, {PER_REPOSITORY} webhooks | {single:.0} | {:.3} | {:.3} | {:.1} MiB |",
