@@ -315,26 +315,47 @@ async fn explain(env: &Env) {
         before: Some((last.created_at, last.id)),
         ..RecordFilter::default()
     };
+    // A repository and tag that have failed records (the loader puts each tag's failures in
+    // one repository), and one that has none, which reads the whole range of each partition.
+    let failed = env
+        .client()
+        .await
+        .query_one(
+            "SELECT repository, tag FROM deliveries
+              WHERE namespace = 'ns' AND status = 'failed' LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (with, tag): (String, String) = (failed.get(0), failed.get(1));
+    let without = if with == "repo42" { "repo43" } else { "repo42" };
     let filtered = RecordFilter {
         status: Some(DeliveryStatus::Failed),
-        tag: Some("v21".into()),
+        tag: Some(tag.clone()),
         since: Some(Utc::now() - chrono::Duration::days(7)),
         ..RecordFilter::default()
     };
-    let repository = RecordsOf::Repository {
-        namespace: "ns",
-        repository: "repo42",
-    };
     let queries = [
         (
-            "a webhook's first page (limit 50)",
+            "a webhook's first page (limit 50)".to_string(),
             webhook,
             RecordFilter::default(),
         ),
-        ("the page after its cursor", webhook, after),
+        ("the page after its cursor".to_string(), webhook, after),
         (
-            "a repository's failed records of tag v21 in the last 7 days",
-            repository,
+            format!("{with}'s failed records of tag {tag} in the last 7 days"),
+            RecordsOf::Repository {
+                namespace: "ns",
+                repository: &with,
+            },
+            filtered.clone(),
+        ),
+        (
+            format!("{without}'s failed records of tag {tag} in the last 7 days (none)"),
+            RecordsOf::Repository {
+                namespace: "ns",
+                repository: without,
+            },
             filtered,
         ),
     ];
