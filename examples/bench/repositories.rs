@@ -54,8 +54,8 @@ async fn backlog(
         .await
         .query(
             "INSERT INTO webhooks (namespace, repository, name, url)
-             SELECT 'chaos', 'repo' || (i % $1), 'hook' || i, $2 || i || '?secret=x'
-               FROM generate_series(0, $1 * $3 - 1) AS i
+             SELECT 'chaos', 'repo' || (i % $1::bigint), 'hook' || i, $2::text || i || '?secret=x'
+               FROM generate_series(0, $1::bigint * $3::bigint - 1) AS i
              RETURNING id",
             &[
                 &(repositories as i64),
