@@ -140,11 +140,14 @@ pub(crate) async fn growth(
             let bodies = (0..events)
                 .map(|_| event_body(&Uuid::new_v4().to_string()))
                 .collect();
+            let before = Counters::read(&env).await;
             let d = timed_drain(&env, binary, &receiver, bodies, events, succeeded, None).await;
+            let spent = Counters::read(&env).await.since(&before);
             println!(
                 "    {:.0} deliveries/s; CPU s per 1,000: tagcast {:.3}, PostgreSQL {:.3}",
                 d.per_second, d.cpu_per_1000, d.database_per_1000
             );
+            spent.print(events);
             drains.push(d);
         }
         grown.push(Grown {
@@ -157,6 +160,68 @@ pub(crate) async fn growth(
     }
     env.destroy().await;
     grown
+}
+
+/// What PostgreSQL counts of its own work, read before and after a drain to tell where its CPU
+/// went: WAL written (full-page images above all, which a random index insert makes after
+/// every checkpoint), shared buffers hit and read, and autovacuum runs.
+struct Counters {
+    wal_records: i64,
+    wal_fpi: i64,
+    wal_bytes: f64,
+    blocks_hit: i64,
+    blocks_read: i64,
+    autovacuums: i64,
+}
+
+impl Counters {
+    async fn read(env: &Env) -> Counters {
+        // Backends report their counts when idle, at most once a second.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let row = env
+            .client()
+            .await
+            .query_one(
+                "SELECT w.wal_records, w.wal_fpi, w.wal_bytes::float8, d.blks_hit, d.blks_read,
+                        (SELECT sum(autovacuum_count + autoanalyze_count)::bigint FROM pg_stat_user_tables)
+                   FROM pg_stat_wal w, pg_stat_database d WHERE d.datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap();
+        Counters {
+            wal_records: row.get(0),
+            wal_fpi: row.get(1),
+            wal_bytes: row.get(2),
+            blocks_hit: row.get(3),
+            blocks_read: row.get(4),
+            autovacuums: row.get::<_, Option<i64>>(5).unwrap_or(0),
+        }
+    }
+
+    fn since(&self, before: &Counters) -> Counters {
+        Counters {
+            wal_records: self.wal_records - before.wal_records,
+            wal_fpi: self.wal_fpi - before.wal_fpi,
+            wal_bytes: self.wal_bytes - before.wal_bytes,
+            blocks_hit: self.blocks_hit - before.blocks_hit,
+            blocks_read: self.blocks_read - before.blocks_read,
+            autovacuums: self.autovacuums - before.autovacuums,
+        }
+    }
+
+    fn print(&self, deliveries: usize) {
+        let per_1000 = |n: f64| n / deliveries as f64 * 1000.0;
+        println!(
+            "      per 1,000: WAL {:.0} records, {:.0} full pages, {:.2} MB; buffers {:.0} hit, {:.0} read; {} autovacuum runs",
+            per_1000(self.wal_records as f64),
+            per_1000(self.wal_fpi as f64),
+            per_1000(self.wal_bytes) / 1e6,
+            per_1000(self.blocks_hit as f64),
+            per_1000(self.blocks_read as f64),
+            self.autovacuums
+        );
+    }
 }
 
 /// Adds `count` finished records (a tenth not triggered, a twentieth failed) with an attempt
