@@ -163,8 +163,9 @@ pub(crate) async fn growth(
 }
 
 /// What PostgreSQL counts of its own work, read before and after a drain to tell where its CPU
-/// went: WAL written (full-page images above all, which a random index insert makes after
-/// every checkpoint), shared buffers hit and read, and autovacuum runs.
+/// went: WAL written by the whole cluster (full-page images above all, which a random index
+/// insert makes after every checkpoint), this database's shared buffers hit and read, and its
+/// autovacuum runs.
 struct Counters {
     wal_records: i64,
     wal_fpi: i64,
