@@ -93,6 +93,28 @@ async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
 }
 
 #[tokio::test]
+async fn connections_plan_without_jit_unless_the_url_asks_for_it() {
+    let db = ScratchDatabase::create().await;
+    let jit = |url: String| async move {
+        let pool = store::connect(&url.parse().unwrap(), 1).unwrap();
+        let row = pool
+            .get()
+            .await
+            .unwrap()
+            .query_one("SHOW jit", &[])
+            .await
+            .unwrap();
+        row.get::<_, String>(0)
+    };
+    assert_eq!(jit(db.url.clone()).await, "off");
+    let separator = if db.url.contains('?') { '&' } else { '?' };
+    assert_eq!(
+        jit(format!("{}{separator}options=-c%20jit%3Don", db.url)).await,
+        "on"
+    );
+}
+
+#[tokio::test]
 async fn partitions_are_made_ahead_and_dropped_whole_past_the_retention() {
     let (_db, pool, client) = scratch().await;
     // Migrating made today's partition and the days ahead.
