@@ -37,6 +37,17 @@ fn partition_name(table: &str, day: NaiveDate) -> String {
     format!("{table}_p{}", day.format("%Y%m%d"))
 }
 
+/// The daily partition of `table` that holds all of `times`, when they fall on one day. It may
+/// not exist: that day's records went to the default partition, or to the one kept from before
+/// partitioning.
+pub(super) fn day_of(table: &str, times: &[DateTime<Utc>]) -> Option<String> {
+    let day = times.first()?.date_naive();
+    times
+        .iter()
+        .all(|t| t.date_naive() == day)
+        .then(|| partition_name(table, day))
+}
+
 fn midnight(day: NaiveDate) -> DateTime<Utc> {
     day.and_time(NaiveTime::MIN).and_utc()
 }
@@ -176,4 +187,38 @@ pub async fn maintain(
         .await?;
     tx.commit().await?;
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(rfc3339: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(rfc3339).unwrap().to_utc()
+    }
+
+    #[test]
+    fn a_batch_of_one_day_has_that_days_partition() {
+        let cases: [(&[&str], Option<&str>); 5] = [
+            (
+                &["2026-12-04T00:00:00Z", "2026-12-04T23:59:59.999999Z"],
+                Some("deliveries_p20261204"),
+            ),
+            (&["2026-12-04T10:00:00Z"], Some("deliveries_p20261204")),
+            (
+                &["2026-12-04T10:00:00Z", "2026-12-03T23:59:59.999999Z"],
+                None,
+            ),
+            // Days are UTC days: these are 23:00 on the 3rd and 01:00 on the 4th.
+            (
+                &["2026-12-04T08:00:00+09:00", "2026-12-04T10:00:00+09:00"],
+                None,
+            ),
+            (&[], None),
+        ];
+        for (times, want) in cases {
+            let times: Vec<_> = times.iter().map(|t| at(t)).collect();
+            assert_eq!(day_of("deliveries", &times).as_deref(), want, "{times:?}");
+        }
+    }
 }

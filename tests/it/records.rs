@@ -302,6 +302,56 @@ async fn an_event_redelivered_at_a_partition_boundary_is_recorded_once() {
     app.teardown().await;
 }
 
+/// The statements that record a batch name its day's partition, and fall back on the parent
+/// table when that day has none: an event stamped beyond the partitions made ahead is recorded,
+/// delivered and finished in the default partition, beside one of today.
+#[tokio::test]
+async fn a_day_without_a_partition_is_recorded_in_the_default_one() {
+    let mut app = TestApp::spawn().await;
+    let receiver = Receiver::always(200).await;
+    app.insert_webhook("a", &receiver.url("/a"), Trigger::All)
+        .await;
+    let far = Utc::now() + chrono::Duration::days(10);
+    for stamp in [Utc::now(), far] {
+        let mut e = event("latest");
+        e["occurred_at"] = stamp
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            .into();
+        app.publish_event(&e).await;
+        let status = app.statuses(1, 10 * SECOND).await;
+        assert_eq!(status[0]["status"], "succeeded", "{status:?}");
+    }
+    let rows = app
+        .pg
+        .query(
+            "SELECT d.tableoid::regclass::text, d.status, d.attempts, count(a.*)
+               FROM deliveries d LEFT JOIN delivery_attempts a ON a.delivery_id = d.id
+              GROUP BY 1, 2, 3, d.occurred_at ORDER BY d.occurred_at",
+            &[],
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(String, String, i32, i64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let today = format!("deliveries_p{}", Utc::now().date_naive().format("%Y%m%d"));
+    assert_eq!(
+        seen,
+        [
+            (today, "succeeded".to_owned(), 1, 1),
+            (
+                "deliveries_default".to_owned(),
+                "succeeded".to_owned(),
+                1,
+                1
+            ),
+        ]
+    );
+    assert_eq!(receiver.count(), 2);
+    app.teardown().await;
+}
+
 /// A database whose records were written before partitioning: every migration before it applied
 /// by hand, records written, then tagcast's migrations run.
 #[tokio::test]
