@@ -162,8 +162,9 @@ pub(crate) async fn growth(
 
 /// The count that tells when a drain is done: its own webhook's records made from now on, one
 /// index range per partition. Counting the earlier drains' records as well read 140,000 rows
-/// per count by the third drain at 10 million records (0.4 s of PostgreSQL's CPU, 29,000
-/// buffers read); that grows with each drain run before, so it was charged to the larger tables.
+/// per count by the third drain at 10 million records (139,000 buffers, 29,000 of them read;
+/// 0.45 s while a load ran), more with each drain run before, so the larger tables, measured
+/// later, were charged the most.
 async fn drained_since(env: &Env) -> String {
     let now: DateTime<Utc> = env
         .client()

@@ -55,6 +55,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "repository notifications",
         include_str!("../../sql/20261203000004_repository_notifications.sql"),
     ),
+    (
+        20261204000001,
+        "record key in time order",
+        include_str!("../../sql/20261204000001_record_key_in_time_order.sql"),
+    ),
 ];
 
 /// Any 64-bit key will do, as long as nothing else locks it: "tagcast" in ASCII.
