@@ -311,8 +311,8 @@ async fn a_day_without_a_partition_is_recorded_in_the_default_one() {
     let receiver = Receiver::always(200).await;
     app.insert_webhook("a", &receiver.url("/a"), Trigger::All)
         .await;
-    let far = Utc::now() + chrono::Duration::days(10);
-    for stamp in [Utc::now(), far] {
+    let now = Utc::now();
+    for stamp in [now, now + chrono::Duration::days(10)] {
         let mut e = event("latest");
         e["occurred_at"] = stamp
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -335,7 +335,7 @@ async fn a_day_without_a_partition_is_recorded_in_the_default_one() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
-    let today = format!("deliveries_p{}", Utc::now().date_naive().format("%Y%m%d"));
+    let today = format!("deliveries_p{}", now.date_naive().format("%Y%m%d"));
     assert_eq!(
         seen,
         [
