@@ -1,7 +1,9 @@
 //! The `tagcast` binary: parse settings, set up logging, then run, migrate, or carry out an
 //! operator command; a configuration error exits 78.
 
+use std::future::Future;
 use std::io::IsTerminal as _;
+use std::pin::Pin;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -98,12 +100,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Run => {
-            let app = tagcast::App::build(cli.settings).await?;
-            app.run_until(shutdown_signal()).await?;
+            let stop = shutdown_signal();
+            tokio::pin!(stop);
+            if let Some(app) = starting(tagcast::App::build(cli.settings), &mut stop).await? {
+                app.run_until(stop).await?;
+            }
         }
         Command::ServeApi => {
-            let app = tagcast::App::build(cli.settings).await?;
-            app.serve_api_until(shutdown_signal()).await?;
+            let stop = shutdown_signal();
+            tokio::pin!(stop);
+            if let Some(app) = starting(tagcast::App::build(cli.settings), &mut stop).await? {
+                app.serve_api_until(stop).await?;
+            }
         }
         Command::Tokens(command) => {
             let pool = tagcast::store::connect(&cli.settings.database_url, 2)?;
@@ -155,21 +163,45 @@ fn topology(settings: &Settings, prefix: &str) -> Topology {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+/// Starts the app, unless a signal to stop comes first (while PostgreSQL or RabbitMQ is awaited,
+/// say): then nothing has been consumed, and tagcast exits cleanly with nothing to hand back.
+async fn starting<F: Future<Output = anyhow::Result<tagcast::App>>>(
+    build: F,
+    stop: &mut Pin<&mut impl Future<Output = ()>>,
+) -> anyhow::Result<Option<tagcast::App>> {
+    tokio::select! {
+        app = build => app.map(Some),
+        () = stop.as_mut() => {
+            tracing::info!("stopped while starting");
+            Ok(None)
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT. Both are listened for from the call on, so that one sent while
+/// tagcast is still starting stops it cleanly rather than killing it.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind, name: &'static str| {
+        let listening = signal(kind);
+        async move {
+            match listening {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, signal = name, "cannot listen for the signal");
+                    std::future::pending::<()>().await;
+                }
             }
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+    let terminate = listen(SignalKind::terminate(), "SIGTERM");
+    let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    async move {
+        tokio::select! {
+            () = terminate => {}
+            () = interrupt => {}
+        }
     }
 }

@@ -314,6 +314,59 @@ async fn a_setting_that_cannot_work_ends_tagcast_at_start_naming_it() {
     }
 }
 
+/// A SIGTERM while tagcast is still starting (here: waiting for a PostgreSQL that is not there)
+/// stops it cleanly, with exit status 0, rather than killing it.
+#[test]
+fn a_sigterm_while_starting_stops_tagcast_cleanly() {
+    for command in ["run", "serve-api"] {
+        let mut child = Command::new(TAGCAST)
+            .arg(command)
+            .env(
+                "TAGCAST_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:1/none",
+            )
+            .env("TAGCAST_METRICS_ADDR", "127.0.0.1:0")
+            .env("TAGCAST_API_ADDR", "127.0.0.1:0")
+            .env("TAGCAST_LOG_FORMAT", "json")
+            .env_remove("RUST_LOG")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let waiting = lines
+            .by_ref()
+            .map(Result::unwrap)
+            .find(|line| line.contains("waiting for PostgreSQL"));
+        assert!(waiting.is_some(), "{command}: never waited for PostgreSQL");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let rest: Vec<String> = lines.map(Result::unwrap).collect();
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{command}: {status:?}, then {rest:?}"
+        );
+        assert!(
+            rest.iter().any(|l| l.contains("stopped while starting")),
+            "{command}: {rest:?}"
+        );
+    }
+}
+
 /// The dead-lettered messages of a test app, as `tagcast dead-letters list --json` shows them.
 fn dead_letters(settings: &Settings) -> Vec<Value> {
     let out = tagcast(settings)
