@@ -163,8 +163,8 @@ fn topology(settings: &Settings, prefix: &str) -> Topology {
     }
 }
 
-/// Starts the app, unless a signal to stop comes first (while PostgreSQL or RabbitMQ is awaited,
-/// say): then nothing has been consumed, and tagcast exits cleanly with nothing to hand back.
+/// Starts the app, unless a signal to stop comes first (while PostgreSQL is awaited, say): then
+/// nothing has been consumed, and tagcast exits cleanly with nothing to hand back.
 async fn starting<F: Future<Output = anyhow::Result<tagcast::App>>>(
     build: F,
     stop: &mut Pin<&mut impl Future<Output = ()>>,
