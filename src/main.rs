@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::io::IsTerminal as _;
-use std::pin::Pin;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -99,18 +98,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("deleted {queue} ({messages} message(s))");
             }
         }
-        Command::Run => {
+        command @ (Command::Run | Command::ServeApi) => {
             let stop = shutdown_signal();
             tokio::pin!(stop);
-            if let Some(app) = starting(tagcast::App::build(cli.settings), &mut stop).await? {
-                app.run_until(stop).await?;
-            }
-        }
-        Command::ServeApi => {
-            let stop = shutdown_signal();
-            tokio::pin!(stop);
-            if let Some(app) = starting(tagcast::App::build(cli.settings), &mut stop).await? {
-                app.serve_api_until(stop).await?;
+            // A signal while starting (PostgreSQL awaited, say) stops it before anything was
+            // consumed: nothing to hand back.
+            let app = tokio::select! {
+                app = tagcast::App::build(cli.settings) => app?,
+                () = stop.as_mut() => {
+                    tracing::info!("stopped while starting");
+                    return Ok(());
+                }
+            };
+            match command {
+                Command::ServeApi => app.serve_api_until(stop).await?,
+                _ => app.run_until(stop).await?,
             }
         }
         Command::Tokens(command) => {
@@ -160,21 +162,6 @@ fn topology(settings: &Settings, prefix: &str) -> Topology {
         events_exchange: settings.events_exchange.clone(),
         status_exchange: settings.status_exchange.clone(),
         quorum_group_size: settings.quorum_group_size,
-    }
-}
-
-/// Starts the app, unless a signal to stop comes first (while PostgreSQL is awaited, say): then
-/// nothing has been consumed, and tagcast exits cleanly with nothing to hand back.
-async fn starting<F: Future<Output = anyhow::Result<tagcast::App>>>(
-    build: F,
-    stop: &mut Pin<&mut impl Future<Output = ()>>,
-) -> anyhow::Result<Option<tagcast::App>> {
-    tokio::select! {
-        app = build => app.map(Some),
-        () = stop.as_mut() => {
-            tracing::info!("stopped while starting");
-            Ok(None)
-        }
     }
 }
 
